@@ -1,0 +1,50 @@
+# Developer and CI entry points. CI runs .ci/run, which ends in `make test`.
+
+GO        ?= go
+BIN       := bin/tandem
+# Extra flags for the test targets, e.g. `make test TESTFLAGS=-v`.
+TESTFLAGS ?=
+
+.PHONY: all build test test-short bench bench-deps demo vet lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/tandem
+
+# Integration tests start real throwaway PostgreSQL clusters (pkg/pgcluster),
+# hence the generous timeout. -count=1 because cached results would hide
+# flakiness against a real server.
+test:
+	$(GO) test -count=1 -timeout 25m $(TESTFLAGS) ./...
+
+# -short means "fewer rounds", not "no database": integration tests still run.
+test-short:
+	$(GO) test -short $(TESTFLAGS) ./...
+
+# pgcopydb is what the backfill is compared with; installed when this is
+# root on a Debian-like machine, otherwise the bench skips that column.
+bench-deps:
+	@command -v pgcopydb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y pgcopydb >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y pgcopydb >/dev/null 2>&1)); } || \
+		echo "pgcopydb not installed (apt-get install pgcopydb); the backfill bench skips that column"
+
+bench: bench-deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+demo:
+	GO=$(GO) $(GO) run ./cmd/demo
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt -l reports unformatted files (run gofmt -w):"; \
+		echo "$$unformatted"; \
+		exit 1; \
+	fi
+
+clean:
+	rm -rf bin

@@ -1,0 +1,354 @@
+// Command tandem keeps a new PostgreSQL schema in step with an old,
+// authoritative database, so a migration can happen under load and be
+// rolled back by stopping it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
+	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/metrics"
+	"github.com/tandem-migrate/tandem/pkg/pipeline"
+	"github.com/tandem-migrate/tandem/pkg/status"
+	"github.com/tandem-migrate/tandem/pkg/verify"
+)
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	root := &cobra.Command{
+		Use:           "tandem",
+		Short:         "Keep a new PostgreSQL schema in step with the old database, for zero-downtime migrations",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	var cfgPath string
+	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "", "migration config file (YAML)")
+	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath))
+	if err := root.Execute(); err != nil {
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		fmt.Fprintln(os.Stderr, "tandem: "+config.RedactDSN(err.Error()))
+		os.Exit(code)
+	}
+}
+
+// withConfig loads the config and runs fn under a context that ends on
+// SIGINT/SIGTERM, and after timeout when it is not zero. loadCode is the
+// exit code for a config that does not load.
+func withConfig(cfgPath *string, timeout time.Duration, loadCode int, fn func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		cfg, err := loadConfig(*cfgPath)
+		if err != nil {
+			return &exitError{code: loadCode, err: err}
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return fn(ctx, cmd, cfg)
+	}
+}
+
+func runCmd(cfgPath *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Stream changes from the old database into the new schema until stopped",
+		RunE: withConfig(cfgPath, 0, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			log := newLogger(cfg)
+			if err := pipeline.Preflight(ctx, cfg); err != nil {
+				return fmt.Errorf("preflight failed, nothing was written:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+			}
+			reg := metrics.NewRegistry()
+			p := pipeline.New(cfg, log, reg)
+			g, gctx := errgroup.WithContext(ctx)
+			runCtx, cancelRun := context.WithCancel(gctx)
+			defer cancelRun()
+			g.Go(func() error { return reloadOnHUP(runCtx, *cfgPath, p, log) })
+			if cfg.Verify.Continuous {
+				shadow, err := verify.NewShadow(cfg, verify.OptionsFromConfig(cfg), reg, log.With("component", "shadow-verify"))
+				if err != nil {
+					return err
+				}
+				g.Go(func() error { return shadow.Run(runCtx) })
+			}
+			if cfg.Metrics.Listen != "" {
+				g.Go(func() error {
+					extra := map[string]http.Handler{"/backfill": p.Backfill.Handler()}
+					if err := metrics.Serve(runCtx, cfg.Metrics.Listen, reg, &p.Health, extra, log.With("component", "metrics")); err != nil {
+						return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+					}
+					return nil
+				})
+			}
+			g.Go(func() error {
+				defer cancelRun()
+				return p.Run(runCtx)
+			})
+			log.Info("tandem running", "source", cfg.Source.Slot, "tables", len(cfg.Tables))
+			return g.Wait()
+		}),
+	}
+}
+
+// reloadOnHUP re-reads the config on SIGHUP and applies what can change
+// while running: the backfill's limits. Everything else needs a restart,
+// which the log says.
+func reloadOnHUP(ctx context.Context, path string, p *pipeline.Pipeline, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+		}
+		cfg, err := loadConfig(path)
+		if err != nil {
+			log.Error("config reload failed; keeping the running limits", "err", err)
+			continue
+		}
+		l := p.Backfill.Limits()
+		l.ChunkRows, l.RowsPerSecond, l.BytesPerSecond = cfg.Backfill.ChunkRows, cfg.Backfill.RowsPerSecond, cfg.Backfill.BytesPerSecond
+		p.Backfill.Set(l)
+		log.Info("config reloaded: backfill limits applied (other changes need a restart)",
+			"chunk_rows", l.ChunkRows, "rows_per_second", l.RowsPerSecond, "bytes_per_second", l.BytesPerSecond)
+	}
+}
+
+func statusCmd(cfgPath *string) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show the stream position, the slot's retained WAL and the backfill's progress",
+		RunE: withConfig(cfgPath, 30*time.Second, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			r, err := status.Gather(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(r)
+			}
+			r.Text(cmd.OutOrStdout())
+			return nil
+		}),
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func verifyCmd(cfgPath *string) *cobra.Command {
+	var asJSON bool
+	var tables []string
+	var live string
+	c := &cobra.Command{
+		Use:   "verify",
+		Short: "Prove the new schema equals the transformed old data (exit 0 equal, 1 differs, 2 could not check)",
+		RunE: withConfig(cfgPath, 0, verify.ExitNotCheck, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			log := newLogger(cfg)
+			src, err := verify.Connect(ctx, cfg.Source.DSN)
+			if err != nil {
+				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("source.dsn: %w", err)}
+			}
+			defer src.Close(context.Background())
+			tgt, err := verify.Connect(ctx, cfg.Target.DSN)
+			if err != nil {
+				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("target.dsn: %w", err)}
+			}
+			defer tgt.Close(context.Background())
+			opts := verify.OptionsFromConfig(cfg)
+			opts.Tables = tables
+			switch live {
+			case "on":
+				opts.Live = true
+			case "off":
+			case "auto":
+				// While tandem streams, rows in flight are re-checked once the
+				// stream has passed them instead of being reported.
+				si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
+				opts.Live = err == nil && si.Active
+			default:
+				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("--live must be auto, on or off, not %q", live)}
+			}
+			rep, err := verify.Run(ctx, cfg, src, tgt, opts, log)
+			if rep != nil {
+				if asJSON {
+					_ = rep.WriteJSON(cmd.OutOrStdout())
+				} else {
+					_ = rep.WriteText(cmd.OutOrStdout())
+				}
+			}
+			code := verify.ExitNotCheck
+			if rep != nil {
+				code = rep.ExitCode()
+			}
+			switch {
+			case err != nil:
+				return &exitError{code: verify.ExitNotCheck, err: err}
+			case code != 0:
+				return &exitError{code: code, err: errors.New("the new schema differs from the transformed old data")}
+			}
+			return nil
+		}),
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	c.Flags().StringSliceVar(&tables, "table", nil, "check only this table (source or target name); repeatable")
+	c.Flags().StringVar(&live, "live", "auto", "re-check differing rows after the stream passes them: auto (when the slot is active), on, off")
+	return c
+}
+
+func validateCmd(cfgPath *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Check the config against both databases without writing anything",
+		RunE: withConfig(cfgPath, 0, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			if err := pipeline.Preflight(ctx, cfg); err != nil {
+				return fmt.Errorf("validation failed:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d table(s) mapped, source and target ready\n", len(cfg.Tables))
+			return nil
+		}),
+	}
+}
+
+func teardownCmd(cfgPath *string) *cobra.Command {
+	var keepCheckpoint, force bool
+	c := &cobra.Command{
+		Use:   "teardown",
+		Short: "Drop the replication slot and publication (after rollback or cutover) so the old database stops keeping WAL",
+		RunE: withConfig(cfgPath, time.Minute, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			src, err := pgx.Connect(ctx, cfg.Source.DSN)
+			if err != nil {
+				return fmt.Errorf("source.dsn: cannot connect to the old database: %w", err)
+			}
+			defer src.Close(context.Background())
+			if !force {
+				if err := waitSlotReleased(ctx, src, cfg.Source.Slot, slotReleaseWait); err != nil {
+					return err
+				}
+			}
+			dropped, err := decoder.DropSlot(ctx, src, cfg.Source.Slot)
+			if err != nil {
+				return err
+			}
+			report(cmd, dropped, "dropped", "replication slot "+cfg.Source.Slot)
+			dropped, err = decoder.DropPublication(ctx, src, cfg.Source.Publication)
+			if err != nil {
+				return err
+			}
+			report(cmd, dropped, "dropped", "publication "+cfg.Source.Publication)
+			if keepCheckpoint || cfg.Checkpoint.Store != "target" {
+				return nil
+			}
+			tgt, err := pgx.Connect(ctx, cfg.Target.DSN)
+			if err != nil {
+				return fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
+			}
+			defer tgt.Close(context.Background())
+			removed, err := deleteCheckpoint(ctx, tgt, cfg.Name)
+			if err != nil {
+				return err
+			}
+			report(cmd, removed, "removed", fmt.Sprintf("checkpoint %q on the target", cfg.Name))
+			return nil
+		}),
+	}
+	c.Flags().BoolVar(&keepCheckpoint, "keep-checkpoint", false, "leave tandem's checkpoint rows on the target")
+	c.Flags().BoolVar(&force, "force", false, "drop the slot even while a connection still holds it (terminates that connection)")
+	return c
+}
+
+// slotReleaseWait is how long teardown waits for a slot held by a connection
+// that is going away: a kill -9ed daemon's walsender exits as soon as the
+// server sees the socket close, which takes well under a second.
+const slotReleaseWait = 5 * time.Second
+
+// waitSlotReleased refuses to drop a slot that a live `tandem run` holds.
+// Dropping it would only terminate the stream: the daemon reconnects,
+// creates a fresh slot at the current WAL position and, with its checkpoint
+// deleted, silently skips everything committed in between.
+func waitSlotReleased(ctx context.Context, src *pgx.Conn, slot string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		var pid *int32
+		var app, client string
+		err := src.QueryRow(ctx, `SELECT s.active_pid, COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), 'local socket')
+			FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+			WHERE s.slot_name = $1`, slot).Scan(&pid, &app, &client)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && pid == nil) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("look up slot %s: %w", slot, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replication slot %s is in use by source backend %d (application %q from %s): stop `tandem run` for this migration first; "+
+				"if that process is gone for good (e.g. its host died), run teardown again with --force", slot, *pid, app, client)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// deleteCheckpoint removes the migration's progress rows, reporting whether
+// there were any, so a second teardown says so rather than claim it removed
+// something.
+func deleteCheckpoint(ctx context.Context, tgt *pgx.Conn, name string) (bool, error) {
+	var hasTable bool
+	if err := tgt.QueryRow(ctx, `SELECT to_regclass('tandem.checkpoint') IS NOT NULL`).Scan(&hasTable); err != nil {
+		return false, fmt.Errorf("look up checkpoint %q on the target: %w", name, err)
+	}
+	if !hasTable {
+		return false, nil // tandem never ran against this target
+	}
+	var existed bool
+	if err := tgt.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tandem.checkpoint WHERE name = $1)`, name).Scan(&existed); err != nil {
+		return false, fmt.Errorf("look up checkpoint %q on the target: %w", name, err)
+	}
+	if err := checkpoint.Delete(ctx, tgt, name); err != nil {
+		return false, fmt.Errorf("delete checkpoint %q on the target: %w", name, err)
+	}
+	return existed, nil
+}
+
+func report(cmd *cobra.Command, done bool, verb, what string) {
+	if done {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", verb, what)
+	} else {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s did not exist\n", what)
+	}
+}

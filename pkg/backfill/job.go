@@ -1,0 +1,221 @@
+package backfill
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tandem-migrate/tandem/pkg/catalog"
+	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/transform"
+)
+
+// Job is the backfill of one mapping (source table -> target table).
+type Job struct {
+	Field   string
+	Source  *catalog.Table
+	Mapping *transform.Mapping
+	// Key are the source columns chunks are paged by.
+	Key    []string
+	keyIdx []int
+	// Progress as loaded at start.
+	Progress Progress
+	stage    string
+}
+
+// Progress is a job's durable state on the target.
+type Progress struct {
+	Cursor     []string
+	Done       bool
+	RowsCopied int64
+}
+
+// NewJob plans the backfill of one mapping. The source needs a primary key
+// or a unique replica identity index to page by.
+func NewJob(field string, src *catalog.Table, m *transform.Mapping, index int) (*Job, error) {
+	key := src.PrimaryKey
+	if len(key) == 0 && src.ReplicaIdentity == 'i' {
+		key = src.IdentityColumns()
+	}
+	if len(key) == 0 {
+		return nil, fmt.Errorf("%s.source: table %s has no primary key or unique replica identity index to copy it by in chunks: add a primary key (or set backfill.enabled: false and copy it yourself)", field, src)
+	}
+	idx, err := m.SourceIndexes(key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return &Job{Field: field, Source: src, Mapping: m, Key: key, keyIdx: idx, stage: fmt.Sprintf("tandem_stage_%d", index)}, nil
+}
+
+func (j *Job) rowKey(row [][]byte) string { return change.RawKey(row, j.keyIdx) }
+
+// Name is "source -> target" for messages and metrics.
+func (j *Job) Name() string { return j.Mapping.SourceName + " -> " + j.Mapping.TargetName }
+
+// keyedQuery renders the chunk read: keyset pagination with a row-value
+// comparison, so composite keys page correctly (DBZ-5071), and an upper
+// bound fixed at the job's start so a table that is inserted into forever
+// still finishes (newer rows arrive through the stream).
+func (j *Job) keyedQuery(hasCursor, hasBound bool, limit int) string {
+	cols := make([]string, len(j.Mapping.Source))
+	for i, c := range j.Mapping.Source {
+		cols[i] = pgx.Identifier{c.Name}.Sanitize()
+	}
+	keyCols := make([]string, len(j.Key))
+	for i, k := range j.Key {
+		keyCols[i] = pgx.Identifier{k}.Sanitize()
+	}
+	params := func(offset int) string {
+		ps := make([]string, len(j.Key))
+		for i, k := range j.Key {
+			ps[i] = fmt.Sprintf("$%d::%s", offset+i+1, j.Source.Column(k).Type)
+		}
+		return "(" + strings.Join(ps, ", ") + ")"
+	}
+	tuple := "(" + strings.Join(keyCols, ", ") + ")"
+	var where []string
+	n := 0
+	if hasCursor {
+		where = append(where, tuple+" > "+params(n))
+		n += len(j.Key)
+	}
+	if hasBound {
+		where = append(where, tuple+" <= "+params(n))
+	}
+	q := fmt.Sprintf("SELECT %s FROM %s", strings.Join(cols, ", "), j.Source.QualifiedName())
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	return fmt.Sprintf("%s ORDER BY %s LIMIT %d", q, strings.Join(keyCols, ", "), limit)
+}
+
+func (j *Job) boundQuery() string {
+	keyCols := make([]string, len(j.Key))
+	desc := make([]string, len(j.Key))
+	for i, k := range j.Key {
+		// Aliased so ORDER BY binds to the column, not to its text form.
+		keyCols[i] = fmt.Sprintf("%s::text AS tandem_bound_%d", pgx.Identifier{k}.Sanitize(), i)
+		desc[i] = pgx.Identifier{k}.Sanitize() + " DESC"
+	}
+	return fmt.Sprintf("SELECT %s FROM %s ORDER BY %s LIMIT 1", strings.Join(keyCols, ", "), j.Source.QualifiedName(), strings.Join(desc, ", "))
+}
+
+// Keys lets the applier find a change's chunk key.
+func (t *Tracker) SetKeys(source string, idx []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.keys == nil {
+		t.keys = map[string][]int{}
+	}
+	t.keys[source] = idx
+}
+
+// TouchChange records every key a stream change affects in tables that
+// have a chunk between its watermarks.
+func (t *Tracker) TouchChange(c *change.Change) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nopen == 0 {
+		return
+	}
+	if c.Op == change.Truncate {
+		// Every row a chunk read before the TRUNCATE is gone.
+		for _, rel := range c.Truncated {
+			for _, ch := range t.open[rel.QualifiedName()] {
+				ch.truncated = true
+			}
+		}
+		return
+	}
+	src := c.Rel.QualifiedName()
+	chunks := t.open[src]
+	if len(chunks) == 0 {
+		return
+	}
+	idx := t.keys[src]
+	var keys [2]string
+	n := 0
+	if c.New != nil {
+		keys[n], _ = change.Key(c.New, idx)
+		n++
+	}
+	if c.Old != nil {
+		keys[n], _ = change.Key(c.Old, idx)
+		n++
+	}
+	for _, ch := range chunks {
+		for _, k := range keys[:n] {
+			ch.touched[k] = struct{}{}
+		}
+	}
+}
+
+// LoadProgress reads every job's progress for migration name.
+func LoadProgress(ctx context.Context, q catalog.Querier, name string) (map[string]Progress, error) {
+	rows, err := q.Query(ctx, `SELECT source, target, cursor, done, rows_copied FROM tandem.backfill WHERE name = $1`, name)
+	if err != nil {
+		return nil, fmt.Errorf("load backfill progress: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]Progress{}
+	for rows.Next() {
+		var s, t string
+		var p Progress
+		if err := rows.Scan(&s, &t, &p.Cursor, &p.Done, &p.RowsCopied); err != nil {
+			return nil, fmt.Errorf("load backfill progress: %w", err)
+		}
+		out[s+" -> "+t] = p
+	}
+	return out, rows.Err()
+}
+
+// ProgressSQL saves a chunk's progress inside the applier's transaction.
+const ProgressSQL = `INSERT INTO tandem.backfill (name, source, target, cursor, done, rows_copied)
+VALUES ($1::text, $2::text, $3::text, $4::text[], $5::bool, $6::int8)
+ON CONFLICT (name, source, target) DO UPDATE SET cursor = COALESCE(EXCLUDED.cursor, tandem.backfill.cursor),
+	done = EXCLUDED.done, rows_copied = tandem.backfill.rows_copied + EXCLUDED.rows_copied, updated_at = now()`
+
+// ProgressParams renders ProgressSQL's parameters for an applied chunk.
+func ProgressParams(name string, c *Chunk, copied int) [][]byte {
+	var cursor []byte
+	if c.Cursor != nil {
+		cursor = []byte(ArrayLiteral(c.Cursor))
+	}
+	done := "false"
+	if c.Final {
+		done = "true"
+	}
+	return [][]byte{[]byte(name), []byte(c.Job.Mapping.SourceName), []byte(c.Job.Mapping.TargetName), cursor, []byte(done), []byte(fmt.Sprint(copied))}
+}
+
+// ArrayLiteral renders text values as a PostgreSQL array literal, every
+// element quoted so commas, braces, spaces and NULL-looking text stay data.
+func ArrayLiteral(vals []string) string {
+	var b strings.Builder
+	n := 2
+	for _, v := range vals {
+		n += len(v) + 3
+	}
+	b.Grow(n)
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for j := 0; j < len(v); j++ {
+			if v[j] == '"' || v[j] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(v[j])
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// StageName is the session-local staging table for the job's chunks.
+func (j *Job) StageName() string { return j.stage }

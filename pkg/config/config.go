@@ -1,0 +1,311 @@
+// Package config holds tandem's configuration as plain structs. It knows
+// nothing about viper or files: cmd/tandem fills a Config, then calls
+// ApplyDefaults and Validate. Validate names the offending field, because an
+// ops engineer reads the error, not the code.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config is one migration: one source, one target, one slot.
+type Config struct {
+	// Name identifies this migration in checkpoints and metrics; defaults to
+	// the slot name.
+	Name       string           `mapstructure:"name"`
+	Source     SourceConfig     `mapstructure:"source"`
+	Target     TargetConfig     `mapstructure:"target"`
+	Checkpoint CheckpointConfig `mapstructure:"checkpoint"`
+	Metrics    MetricsConfig    `mapstructure:"metrics"`
+	Apply      ApplyConfig      `mapstructure:"apply"`
+	Backfill   BackfillConfig   `mapstructure:"backfill"`
+	Verify     VerifyConfig     `mapstructure:"verify"`
+	NATS       NATSConfig       `mapstructure:"nats"`
+	Tables     []TableConfig    `mapstructure:"tables"`
+	Log        LogConfig        `mapstructure:"log"`
+}
+
+type SourceConfig struct {
+	DSN         string `mapstructure:"dsn"`
+	Slot        string `mapstructure:"slot"`
+	Publication string `mapstructure:"publication"`
+	// CreatePublication lets tandem create the publication when missing
+	// (FOR TABLE of the configured source tables). Default true.
+	CreatePublication *bool `mapstructure:"create_publication"`
+}
+
+type TargetConfig struct {
+	DSN string `mapstructure:"dsn"`
+}
+
+type CheckpointConfig struct {
+	// Store is "target" (a table in schema tandem of the new database, written
+	// in the same transaction as the rows: exactly once) or "file" (written
+	// after the target commit: at least once, replays are idempotent).
+	Store string `mapstructure:"store"`
+	Path  string `mapstructure:"path"`
+}
+
+type MetricsConfig struct {
+	Listen string `mapstructure:"listen"`
+}
+
+type ApplyConfig struct {
+	// BatchChanges caps the statements pipelined in one round trip.
+	BatchChanges int `mapstructure:"batch_changes"`
+	// CommitChanges and CommitInterval bound one target transaction that may
+	// group several source transactions.
+	CommitChanges  int           `mapstructure:"commit_changes"`
+	CommitInterval time.Duration `mapstructure:"commit_interval"`
+	// RetryMin/RetryMax bound the exponential backoff after a lost database.
+	RetryMin time.Duration `mapstructure:"retry_min"`
+	RetryMax time.Duration `mapstructure:"retry_max"`
+	// ShutdownTimeout bounds the final flush on SIGINT/SIGTERM.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+type BackfillConfig struct {
+	Enabled *bool `mapstructure:"enabled"`
+	// ChunkRows is the number of rows read per chunk (keyset page).
+	ChunkRows int `mapstructure:"chunk_rows"`
+	// Workers is the number of chunks read in parallel.
+	Workers int `mapstructure:"workers"`
+	// RowsPerSecond and BytesPerSecond cap the copy; 0 means no cap.
+	RowsPerSecond  float64 `mapstructure:"rows_per_second"`
+	BytesPerSecond float64 `mapstructure:"bytes_per_second"`
+	// MaxLag pauses the copy while replication lag exceeds it; 0 disables.
+	MaxLag time.Duration `mapstructure:"max_lag"`
+	// MaxActiveBackends pauses while the old database has more active
+	// backends than this; 0 disables.
+	MaxActiveBackends int `mapstructure:"max_active_backends"`
+	// ThrottleQuery is a user SQL probe run on the old database; while it
+	// returns true (or a non-zero number) the copy pauses.
+	ThrottleQuery string `mapstructure:"throttle_query"`
+	// ThrottleCheckInterval is how often the throttle signals are sampled.
+	ThrottleCheckInterval time.Duration `mapstructure:"throttle_check_interval"`
+}
+
+// IsEnabled reports whether backfill runs (default true).
+func (b BackfillConfig) IsEnabled() bool { return b.Enabled == nil || *b.Enabled }
+
+type VerifyConfig struct {
+	// Continuous turns on shadow comparison inside `tandem run`.
+	Continuous    bool    `mapstructure:"continuous"`
+	ChunkRows     int     `mapstructure:"chunk_rows"`
+	RowsPerSecond float64 `mapstructure:"rows_per_second"`
+}
+
+type NATSConfig struct {
+	URL     string `mapstructure:"url"`
+	Stream  string `mapstructure:"stream"`
+	Subject string `mapstructure:"subject"`
+}
+
+type LogConfig struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// TableConfig maps one source table onto one target table.
+type TableConfig struct {
+	Source string `mapstructure:"source"`
+	Target string `mapstructure:"target"`
+	// Key names the target columns that identify a row; defaults to the
+	// target's primary key.
+	Key []string `mapstructure:"key"`
+	// Filter is a SQL predicate over source columns.
+	Filter string `mapstructure:"filter"`
+	// Columns maps target column -> SQL expression over source columns.
+	Columns map[string]string `mapstructure:"columns"`
+	// Drop lists source columns not to copy by name.
+	Drop []string `mapstructure:"drop"`
+}
+
+// ApplyDefaults fills every zero field with its documented default.
+func (c *Config) ApplyDefaults() {
+	if c.Name == "" {
+		c.Name = c.Source.Slot
+	}
+	if c.Source.CreatePublication == nil {
+		t := true
+		c.Source.CreatePublication = &t
+	}
+	if c.Checkpoint.Store == "" {
+		c.Checkpoint.Store = "target"
+	}
+	if c.Apply.BatchChanges == 0 {
+		c.Apply.BatchChanges = 1000
+	}
+	if c.Apply.CommitChanges == 0 {
+		c.Apply.CommitChanges = 20000
+	}
+	if c.Apply.CommitInterval == 0 {
+		c.Apply.CommitInterval = 200 * time.Millisecond
+	}
+	if c.Apply.RetryMin == 0 {
+		c.Apply.RetryMin = 500 * time.Millisecond
+	}
+	if c.Apply.RetryMax == 0 {
+		c.Apply.RetryMax = 30 * time.Second
+	}
+	if c.Apply.ShutdownTimeout == 0 {
+		c.Apply.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Backfill.ChunkRows == 0 {
+		c.Backfill.ChunkRows = 5000
+	}
+	if c.Backfill.Workers == 0 {
+		c.Backfill.Workers = 2
+	}
+	if c.Backfill.ThrottleCheckInterval == 0 {
+		c.Backfill.ThrottleCheckInterval = time.Second
+	}
+	if c.Verify.ChunkRows == 0 {
+		c.Verify.ChunkRows = 10000
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	for i := range c.Tables {
+		if c.Tables[i].Target == "" {
+			c.Tables[i].Target = c.Tables[i].Source
+		}
+	}
+}
+
+var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
+
+// Validate checks the config without touching any database. Every problem
+// is reported, each naming its field and the fix.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Source.DSN == "" {
+		add("source.dsn", "required (or set TANDEM_SOURCE_DSN), e.g. postgres://user@host:5432/db")
+	} else if err := checkDSN(c.Source.DSN); err != nil {
+		add("source.dsn", "%v", err)
+	}
+	if c.Target.DSN == "" {
+		add("target.dsn", "required (or set TANDEM_TARGET_DSN), e.g. postgres://user@host:5432/db")
+	} else if err := checkDSN(c.Target.DSN); err != nil {
+		add("target.dsn", "%v", err)
+	}
+	if !identRe.MatchString(c.Source.Slot) {
+		add("source.slot", "%q is not a valid slot name: use lower-case letters, digits and _ (max 63)", c.Source.Slot)
+	}
+	if !identRe.MatchString(c.Source.Publication) {
+		add("source.publication", "%q is not a valid publication name: use lower-case letters, digits and _ (max 63)", c.Source.Publication)
+	}
+	switch c.Checkpoint.Store {
+	case "target":
+	case "file":
+		if c.Checkpoint.Path == "" {
+			add("checkpoint.path", "required when checkpoint.store is file")
+		}
+	default:
+		add("checkpoint.store", "%q is not one of target, file", c.Checkpoint.Store)
+	}
+	if c.Apply.BatchChanges < 1 || c.Apply.CommitChanges < 1 {
+		add("apply", "batch_changes and commit_changes must be positive")
+	}
+	if c.Backfill.ChunkRows < 1 {
+		add("backfill.chunk_rows", "must be at least 1, got %d", c.Backfill.ChunkRows)
+	}
+	if c.Backfill.Workers < 1 || c.Backfill.Workers > 64 {
+		add("backfill.workers", "must be between 1 and 64, got %d", c.Backfill.Workers)
+	}
+	if c.Backfill.RowsPerSecond < 0 || c.Backfill.BytesPerSecond < 0 {
+		add("backfill", "rows_per_second and bytes_per_second must not be negative (0 means no cap)")
+	}
+	if c.Verify.ChunkRows < 1 {
+		add("verify.chunk_rows", "must be at least 1, got %d", c.Verify.ChunkRows)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if len(c.Tables) == 0 {
+		add("tables", "at least one table mapping is required")
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Tables {
+		f := fmt.Sprintf("tables[%d]", i)
+		if t.Source == "" {
+			add(f+".source", "required, e.g. public.orders")
+			continue
+		}
+		if _, _, err := SplitQualified(t.Source); err != nil {
+			add(f+".source", "%v", err)
+		}
+		if _, _, err := SplitQualified(t.Target); err != nil {
+			add(f+".target", "%v", err)
+		}
+		if seen[t.Target] {
+			add(f+".target", "%s is the target of two mappings; each target table takes one source", t.Target)
+		}
+		seen[t.Target] = true
+		for col, expr := range t.Columns {
+			if strings.TrimSpace(expr) == "" {
+				add(fmt.Sprintf("%s.columns.%s", f, col), "empty expression; name a source column or write a SQL expression")
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkDSN(dsn string) error {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if _, err := url.Parse(dsn); err != nil {
+			return fmt.Errorf("not a valid URL: %v", RedactDSN(err.Error()))
+		}
+		return nil
+	}
+	if strings.Contains(dsn, "=") {
+		return nil // key=value form; pgx parses it at connect time
+	}
+	return errors.New("expected postgres://user@host:port/db or key=value pairs")
+}
+
+// SplitQualified splits "schema.table" (default schema public). Names are
+// taken literally (lower-case unquoted SQL names); quote nothing.
+func SplitQualified(name string) (schema, table string, err error) {
+	parts := strings.Split(name, ".")
+	switch len(parts) {
+	case 1:
+		schema, table = "public", parts[0]
+	case 2:
+		schema, table = parts[0], parts[1]
+	default:
+		return "", "", fmt.Errorf("%q: expected schema.table", name)
+	}
+	if schema == "" || table == "" {
+		return "", "", fmt.Errorf("%q: expected schema.table", name)
+	}
+	return schema, table, nil
+}
+
+var passwordInURL = regexp.MustCompile(`(://[^:/@\s]+:)[^@\s]*@`)
+var passwordKV = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
+
+// RedactDSN hides any password in a DSN or in text that contains one, so
+// logs and errors never carry it.
+func RedactDSN(s string) string {
+	s = passwordInURL.ReplaceAllString(s, "${1}xxxxx@")
+	return passwordKV.ReplaceAllString(s, "${1}xxxxx")
+}

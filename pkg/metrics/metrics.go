@@ -1,0 +1,135 @@
+// Package metrics defines tandem's Prometheus metrics on a private registry
+// and serves them with /healthz.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Stream holds the streaming metrics.
+type Stream struct {
+	LagBytes       prometheus.Gauge
+	LagSeconds     prometheus.Gauge
+	RetainedBytes  prometheus.Gauge
+	CheckpointLSN  prometheus.Gauge
+	ReceivedLSN    prometheus.Gauge
+	Changes        *prometheus.CounterVec
+	Transactions   prometheus.Counter
+	TargetCommits  prometheus.Counter
+	ApplyErrors    prometheus.Counter
+	Reconnects     prometheus.Counter
+	ApplyDuration  prometheus.Histogram
+	TruncatesTotal prometheus.Counter
+}
+
+// NewRegistry returns a private registry with Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// NewStream registers the streaming metrics on reg.
+func NewStream(reg prometheus.Registerer) *Stream {
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Stream{
+		LagBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_replication_lag_bytes",
+			Help: "WAL bytes between the source's current position and what is durably applied."}),
+		LagSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_replication_lag_seconds",
+			Help: "Age of the newest applied source commit while behind; 0 when caught up."}),
+		RetainedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_slot_retained_wal_bytes",
+			Help: "WAL the replication slot keeps on the source's disk."}),
+		CheckpointLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_checkpoint_lsn",
+			Help: "Last durably checkpointed source LSN, as a number."}),
+		ReceivedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_received_lsn",
+			Help: "End of the last WAL data received, as a number."}),
+		Changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tandem_changes_applied_total",
+			Help: "Row changes applied to the target, by source table and operation."}, []string{"table", "op"}),
+		Transactions: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_transactions_applied_total",
+			Help: "Source transactions applied."}),
+		TargetCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_target_commits_total",
+			Help: "Target transactions committed (each may hold several source transactions)."}),
+		ApplyErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_apply_errors_total",
+			Help: "Errors while streaming or applying (each followed by a retry or a stop)."}),
+		Reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_reconnects_total",
+			Help: "Times the pipeline restarted from its checkpoint after an error."}),
+		ApplyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tandem_target_commit_seconds",
+			Help: "Time to send and commit one target transaction's last batch.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		TruncatesTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_truncates_applied_total",
+			Help: "TRUNCATE messages applied."}),
+	}
+	f(m.LagBytes)
+	f(m.LagSeconds)
+	f(m.RetainedBytes)
+	f(m.CheckpointLSN)
+	f(m.ReceivedLSN)
+	f(m.Changes)
+	f(m.Transactions)
+	f(m.TargetCommits)
+	f(m.ApplyErrors)
+	f(m.Reconnects)
+	f(m.ApplyDuration)
+	f(m.TruncatesTotal)
+	return m
+}
+
+// Health is set by the pipeline: healthy while streaming.
+type Health struct {
+	ok     atomic.Bool
+	reason atomic.Value
+}
+
+// Set records the current health.
+func (h *Health) Set(ok bool, reason string) {
+	h.ok.Store(ok)
+	h.reason.Store(reason)
+}
+
+// Server serves /metrics and /healthz until ctx ends.
+func Serve(ctx context.Context, listen string, reg *prometheus.Registry, health *Health, extra map[string]http.Handler, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		reason, _ := health.reason.Load().(string)
+		if !health.ok.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("unhealthy: " + reason + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	for path, h := range extra {
+		mux.Handle(path, h)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-errc
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}

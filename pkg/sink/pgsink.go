@@ -1,0 +1,290 @@
+// Package sink writes transformed changes to their destinations. PGSink
+// applies them to the new database: source transactions in commit order,
+// several per target transaction, statements pipelined, and the checkpoint
+// written in the same target transaction as the rows it covers.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
+	"github.com/tandem-migrate/tandem/pkg/transform"
+)
+
+// Origin says which source change a statement came from, rendered only
+// when it fails.
+type Origin struct {
+	Table  string // target table
+	Change *change.Change
+	What   string // for statements that are not row changes
+	// NeedRow marks a statement that must find its row (an UPDATE that
+	// leaves unchanged TOAST values in place); when it matches none, the
+	// origin is reported by TakeMissing.
+	NeedRow bool
+}
+
+func (o Origin) String() string {
+	if o.Change == nil {
+		return o.What
+	}
+	c := o.Change
+	s := fmt.Sprintf("%s into %s", c.Op, o.Table)
+	if c.Op == change.Delete || c.Op == change.Update {
+		s = fmt.Sprintf("%s of %s", c.Op, o.Table)
+	}
+	if c.Rel != nil {
+		s += fmt.Sprintf(" (source %s, %s)", c.Rel.QualifiedName(), RowKey(c))
+	}
+	return s
+}
+
+// RowKey renders a change's source key columns as name=value pairs.
+func RowKey(c *change.Change) string {
+	tuple := c.New
+	if c.Op == change.Delete || tuple == nil {
+		tuple = c.Old
+	}
+	var parts []string
+	for i, col := range c.Rel.Columns {
+		if !col.Key || i >= len(tuple) {
+			continue
+		}
+		v := "NULL"
+		if tuple[i].Kind == change.Text {
+			v = string(tuple[i].Data)
+		}
+		parts = append(parts, col.Name+"="+v)
+	}
+	return strings.Join(parts, " ")
+}
+
+// ApplyError is a statement the target refused.
+type ApplyError struct {
+	Origin Origin
+	Err    error
+}
+
+func (e *ApplyError) Error() string {
+	var pgErr *pgconn.PgError
+	if errors.As(e.Err, &pgErr) && pgErr.Code == "23505" {
+		return fmt.Sprintf("apply %s: conflicts with unique constraint %s of the new schema (%s); tandem never overwrites another row: fix the row on the old database or relax the constraint, then restart",
+			e.Origin, pgErr.ConstraintName, pgErr.Detail)
+	}
+	return fmt.Sprintf("apply %s: %v", e.Origin, e.Err)
+}
+
+func (e *ApplyError) Unwrap() error { return e.Err }
+
+// PGSink applies statements to the target over one connection.
+type PGSink struct {
+	conn      *pgx.Conn
+	store     checkpoint.Store
+	log       *slog.Logger
+	batchSize int
+
+	prepared map[string]string
+	batch    *pgconn.Batch
+	origins  []Origin
+	inTx     bool
+	missing  []Origin
+	// staging lists the session's staging tables created so far.
+	staging map[string]bool
+}
+
+// TakeMissing returns (and forgets) the NeedRow statements that matched no
+// row since the last call.
+func (s *PGSink) TakeMissing() []Origin {
+	m := s.missing
+	s.missing = nil
+	return m
+}
+
+// NewPGSink wraps an open target connection.
+func NewPGSink(conn *pgx.Conn, store checkpoint.Store, batchSize int, log *slog.Logger) *PGSink {
+	return &PGSink{conn: conn, store: store, log: log, batchSize: batchSize, prepared: map[string]string{}, batch: &pgconn.Batch{}, staging: map[string]bool{}}
+}
+
+// Conn is the target connection (for catalog lookups between batches).
+func (s *PGSink) Conn() *pgx.Conn { return s.conn }
+
+// InTx reports whether a target transaction is open.
+func (s *PGSink) InTx() bool { return s.inTx }
+
+func (s *PGSink) begin() {
+	if !s.inTx {
+		s.batch.ExecParams("BEGIN", nil, nil, nil, nil)
+		s.origins = append(s.origins, Origin{What: "BEGIN"})
+		s.inTx = true
+	}
+}
+
+func (s *PGSink) statement(ctx context.Context, sql string) (string, error) {
+	if name, ok := s.prepared[sql]; ok {
+		return name, nil
+	}
+	// Preparing needs the connection idle: send what is queued first.
+	if len(s.origins) > 0 {
+		if err := s.Flush(ctx); err != nil {
+			return "", err
+		}
+	}
+	name := fmt.Sprintf("tandem_%d", len(s.prepared)+1)
+	if _, err := s.conn.PgConn().Prepare(ctx, name, sql, nil); err != nil {
+		return "", fmt.Errorf("prepare on target: %w", err)
+	}
+	s.prepared[sql] = name
+	return name, nil
+}
+
+// Queue adds one statement to the open target transaction, opening one if
+// needed; it sends the batch once it is full.
+func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Origin) error {
+	name, err := s.statement(ctx, st.SQL)
+	if err != nil {
+		return &ApplyError{Origin: o, Err: err}
+	}
+	s.begin()
+	s.batch.ExecPrepared(name, st.Params, nil, nil)
+	s.origins = append(s.origins, o)
+	if len(s.origins) >= s.batchSize {
+		return s.Flush(ctx)
+	}
+	return nil
+}
+
+// Flush sends what is queued and reports the first statement that failed.
+// After an error the target transaction is gone; the caller restarts from
+// the checkpoint.
+func (s *PGSink) Flush(ctx context.Context) error {
+	if len(s.origins) == 0 {
+		return nil
+	}
+	batch, origins := s.batch, s.origins
+	s.batch, s.origins = &pgconn.Batch{}, s.origins[:0:0]
+	mrr := s.conn.PgConn().ExecBatch(ctx, batch)
+	var first error
+	i := 0
+	for ; mrr.NextResult(); i++ {
+		tag, err := mrr.ResultReader().Close()
+		if err != nil && first == nil {
+			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: err}
+		}
+		if err == nil && i < len(origins) && origins[i].NeedRow && tag.RowsAffected() == 0 {
+			s.missing = append(s.missing, origins[i])
+		}
+	}
+	if err := mrr.Close(); err != nil && first == nil {
+		// A value the target cannot parse fails at bind time, before its
+		// result starts: it belongs to the first statement without one.
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: err}
+		} else {
+			first = fmt.Errorf("target: %w", err)
+		}
+	}
+	if first != nil {
+		s.inTx = false
+		s.missing = nil
+		s.abort()
+	}
+	return first
+}
+
+// CopyIn runs ddl (if any) and then copySQL with rows (COPY text format)
+// inside the open transaction, after sending what is queued.
+func (s *PGSink) CopyIn(ctx context.Context, ddl, copySQL string, rows io.Reader, o Origin) error {
+	s.begin()
+	if err := s.Flush(ctx); err != nil { // BEGIN and what was queued
+		return err
+	}
+	if ddl != "" {
+		if _, err := s.conn.PgConn().Exec(ctx, ddl).ReadAll(); err != nil {
+			s.inTx = false
+			s.abort()
+			return &ApplyError{Origin: o, Err: err}
+		}
+	}
+	if _, err := s.conn.PgConn().CopyFrom(ctx, rows, copySQL); err != nil {
+		s.inTx = false
+		s.abort()
+		return &ApplyError{Origin: o, Err: err}
+	}
+	return nil
+}
+
+// QueryBool runs a one-value query inside the open transaction, after
+// sending what is queued.
+func (s *PGSink) QueryBool(ctx context.Context, sql string, params [][]byte, o Origin) (bool, error) {
+	s.begin()
+	if err := s.Flush(ctx); err != nil {
+		return false, err
+	}
+	res := s.conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	if res.Err != nil {
+		s.inTx = false
+		s.abort()
+		return false, &ApplyError{Origin: o, Err: res.Err}
+	}
+	return len(res.Rows) == 1 && len(res.Rows[0]) == 1 && string(res.Rows[0][0]) == "t", nil
+}
+
+// Exec queues a statement with text parameters in the open transaction.
+func (s *PGSink) Exec(sql string, params [][]byte, o Origin) {
+	s.begin()
+	s.batch.ExecParams(sql, params, nil, nil, nil)
+	s.origins = append(s.origins, o)
+}
+
+// abort makes sure no half transaction stays open on a live connection.
+func (s *PGSink) abort() {
+	clear(s.staging)
+	if s.conn.PgConn().IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5e9)
+	defer cancel()
+	_, _ = s.conn.Exec(ctx, "ROLLBACK")
+}
+
+// Commit writes the checkpoint lsn in the open transaction (target store)
+// and commits; for a file store it saves the file after the commit. With no
+// transaction open it still records lsn, so an idle stream advances.
+func (s *PGSink) Commit(ctx context.Context, lsn change.LSN) error {
+	s.begin()
+	if sql, params, ok := s.store.TxStatement(lsn); ok {
+		s.batch.ExecParams(sql, params, nil, nil, nil)
+		s.origins = append(s.origins, Origin{What: "checkpoint " + lsn.String()})
+	}
+	s.batch.ExecParams("COMMIT", nil, nil, nil, nil)
+	s.origins = append(s.origins, Origin{What: "COMMIT"})
+	if err := s.Flush(ctx); err != nil {
+		return err
+	}
+	s.inTx = false
+	if err := s.store.SaveCommitted(ctx, lsn); err != nil {
+		return fmt.Errorf("rows up to %s are committed on the target but the checkpoint file was not saved: %w", lsn, err)
+	}
+	return nil
+}
+
+// Rollback abandons the open transaction (shutdown mid-transaction).
+func (s *PGSink) Rollback(ctx context.Context) error {
+	s.batch, s.origins = &pgconn.Batch{}, nil
+	clear(s.staging)
+	if !s.inTx {
+		return nil
+	}
+	s.inTx = false
+	_, err := s.conn.Exec(ctx, "ROLLBACK")
+	return err
+}

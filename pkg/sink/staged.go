@@ -1,0 +1,140 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/transform"
+)
+
+// Staged collects rows in COPY text format for one mapping's staging table.
+type Staged struct {
+	buf              bytes.Buffer
+	Rows             int
+	deletes, upserts bool
+}
+
+// Reset empties the buffer for reuse.
+func (st *Staged) Reset() {
+	st.buf.Reset()
+	st.Rows, st.deletes, st.upserts = 0, false, false
+}
+
+// Bytes is the buffered size.
+func (st *Staged) Bytes() int { return st.buf.Len() }
+
+// AddRaw stages a row given as text values (nil is NULL) for op 'u' or 'd'.
+func (st *Staged) AddRaw(op byte, vals [][]byte) {
+	for _, v := range vals {
+		if v == nil {
+			st.buf.WriteString(`\N`)
+		} else {
+			writeCopyText(&st.buf, v)
+		}
+		st.buf.WriteByte('\t')
+	}
+	st.finish(op)
+}
+
+// AddTuple stages a decoded tuple; values not sent (unchanged TOAST) must
+// have been filled in by the caller, and are written as NULL otherwise,
+// which only delete rows may carry.
+func (st *Staged) AddTuple(op byte, vals []change.Value) {
+	for _, v := range vals {
+		if v.Kind == change.Text {
+			writeCopyText(&st.buf, v.Data)
+		} else {
+			st.buf.WriteString(`\N`)
+		}
+		st.buf.WriteByte('\t')
+	}
+	st.finish(op)
+}
+
+func (st *Staged) finish(op byte) {
+	st.buf.WriteByte(op)
+	st.buf.WriteByte('\n')
+	st.Rows++
+	if op == 'd' {
+		st.deletes = true
+	} else {
+		st.upserts = true
+	}
+}
+
+func writeCopyText(b *bytes.Buffer, v []byte) {
+	start := 0
+	for i, ch := range v {
+		var esc string
+		switch ch {
+		case '\\':
+			esc = `\\`
+		case '\n':
+			esc = `\n`
+		case '\r':
+			esc = `\r`
+		case '\t':
+			esc = `\t`
+		default:
+			continue
+		}
+		b.Write(v[start:i])
+		b.WriteString(esc)
+		start = i + 1
+	}
+	b.Write(v[start:])
+}
+
+// ApplyStaged moves staged rows into the target inside the open
+// transaction: COPY into the session's staging table, then the deletes,
+// then the upserts, each one set-based statement. Deletes go first: a key
+// staged for both was deleted before its last image was written.
+func (s *PGSink) ApplyStaged(ctx context.Context, m *transform.Mapping, base string, st *Staged, o Origin) error {
+	if st.Rows == 0 {
+		return nil
+	}
+	stage := m.StageName(base)
+	copySQL := "COPY " + pgx.Identifier{stage}.Sanitize() + " FROM STDIN"
+	ddl := ""
+	if !s.staging[stage] {
+		ddl = m.StageDDL(stage)
+	}
+	if err := s.CopyIn(ctx, ddl, copySQL, bytes.NewReader(st.buf.Bytes()), o); err != nil {
+		return err
+	}
+	// Created for the session once its transaction commits; until then a
+	// rollback would undo it, so abort forgets it again.
+	s.staging[stage] = true
+	if st.deletes {
+		s.Exec(m.StagedDeleteSQL(stage), nil, o)
+	}
+	if st.upserts {
+		s.Exec(m.StagedUpsertSQL(stage), nil, o)
+	}
+	s.Exec("TRUNCATE "+pgx.Identifier{stage}.Sanitize(), nil, o)
+	return nil
+}
+
+// AddColumns stages only the listed positions of a row, for a COPY with a
+// column list; no op column is written.
+func (st *Staged) AddColumns(vals [][]byte, idx []int) {
+	for i, j := range idx {
+		if i > 0 {
+			st.buf.WriteByte('\t')
+		}
+		if vals[j] == nil {
+			st.buf.WriteString(`\N`)
+		} else {
+			writeCopyText(&st.buf, vals[j])
+		}
+	}
+	st.buf.WriteByte('\n')
+	st.Rows++
+	st.upserts = true
+}
+
+// Reader returns the staged COPY text.
+func (st *Staged) Reader() *bytes.Reader { return bytes.NewReader(st.buf.Bytes()) }

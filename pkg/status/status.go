@@ -1,0 +1,188 @@
+// Package status gathers what an operator asks first: is the stream
+// keeping up, how much WAL is the slot holding, and how far is the copy.
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tandem-migrate/tandem/pkg/catalog"
+	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
+	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/decoder"
+)
+
+// Report is the status of one migration.
+type Report struct {
+	Migration     string       `json:"migration"`
+	Slot          string       `json:"slot"`
+	SlotExists    bool         `json:"slot_exists"`
+	SlotActive    bool         `json:"slot_active"`
+	ConfirmedLSN  string       `json:"confirmed_lsn,omitempty"`
+	RetainedBytes int64        `json:"slot_retained_wal_bytes"`
+	CheckpointLSN string       `json:"checkpoint_lsn,omitempty"`
+	LagBytes      int64        `json:"lag_bytes"`
+	Tables        []TableState `json:"tables"`
+}
+
+// TableState is one mapping's backfill progress.
+type TableState struct {
+	Source        string  `json:"source"`
+	Target        string  `json:"target"`
+	RowsCopied    int64   `json:"rows_copied"`
+	EstimatedRows int64   `json:"estimated_rows"`
+	Percent       float64 `json:"percent"`
+	RowsPerSecond float64 `json:"rows_per_second"`
+	ETASeconds    float64 `json:"eta_seconds"`
+	Done          bool    `json:"done"`
+	Started       bool    `json:"started"`
+}
+
+// Gather reads the status from both databases; it writes nothing.
+func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
+	src, err := pgx.Connect(ctx, cfg.Source.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("source.dsn: cannot connect to the old database: %w", err)
+	}
+	defer src.Close(context.Background())
+	tgt, err := pgx.Connect(ctx, cfg.Target.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
+	}
+	defer tgt.Close(context.Background())
+
+	r := &Report{Migration: cfg.Name, Slot: cfg.Source.Slot}
+	si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
+	if err != nil {
+		return nil, err
+	}
+	r.SlotExists, r.SlotActive, r.RetainedBytes = si.Exists, si.Active, si.RetainedBytes
+	if si.Exists {
+		r.ConfirmedLSN = si.ConfirmedFlush.String()
+	}
+	var cur change.LSN
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()`).Scan(&cur); err != nil {
+		return nil, fmt.Errorf("source position: %w", err)
+	}
+	lsn, ok, err := checkpoint.ForConfig(cfg, tgt).Load(ctx)
+	if err != nil && !isUndefinedTable(err) {
+		return nil, err
+	}
+	if ok {
+		r.CheckpointLSN = lsn.String()
+		if cur > lsn {
+			r.LagBytes = int64(cur - lsn)
+		}
+	}
+	progress := map[string]TableState{}
+	rows, err := tgt.Query(ctx, `SELECT source, target, rows_copied, done, extract(epoch FROM updated_at - started_at)::float8
+		FROM tandem.backfill WHERE name = $1`, cfg.Name)
+	if err == nil {
+		for rows.Next() {
+			var ts TableState
+			var secs float64
+			if err := rows.Scan(&ts.Source, &ts.Target, &ts.RowsCopied, &ts.Done, &secs); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("backfill progress: %w", err)
+			}
+			ts.Started = true
+			if secs > 0 {
+				ts.RowsPerSecond = float64(ts.RowsCopied) / secs
+			}
+			progress[ts.Source+" -> "+ts.Target] = ts
+		}
+		rows.Close()
+	} else if !isUndefinedTable(err) {
+		return nil, fmt.Errorf("backfill progress: %w", err)
+	}
+	for _, tc := range cfg.Tables {
+		ts, ok := progress[tc.Source+" -> "+tc.Target]
+		if !ok {
+			ts = TableState{Source: tc.Source, Target: tc.Target}
+		}
+		s, n, _ := config.SplitQualified(tc.Source)
+		if t, err := catalog.Load(ctx, src, s, n); err == nil {
+			ts.EstimatedRows = t.EstimatedRows
+		}
+		switch {
+		case ts.Done:
+			ts.Percent = 100
+		case ts.EstimatedRows > 0:
+			ts.Percent = min(99.9, 100*float64(ts.RowsCopied)/float64(ts.EstimatedRows))
+			if ts.RowsPerSecond > 0 {
+				ts.ETASeconds = max(0, float64(ts.EstimatedRows-ts.RowsCopied)/ts.RowsPerSecond)
+			}
+		}
+		r.Tables = append(r.Tables, ts)
+	}
+	return r, nil
+}
+
+func isUndefinedTable(err error) bool {
+	var pgErr interface{ SQLState() string }
+	return errors.As(err, &pgErr) && (pgErr.SQLState() == "42P01" || pgErr.SQLState() == "3F000")
+}
+
+// Text writes the report for people.
+func (r *Report) Text(w io.Writer) {
+	slot := "missing (run `tandem run` to create it)"
+	if r.SlotExists {
+		state := "inactive (tandem not running?)"
+		if r.SlotActive {
+			state = "active"
+		}
+		slot = fmt.Sprintf("%s, confirmed %s, holding %s of WAL", state, r.ConfirmedLSN, bytesText(r.RetainedBytes))
+	}
+	fmt.Fprintf(w, "migration %s\n  slot %s: %s\n", r.Migration, r.Slot, slot)
+	if r.CheckpointLSN != "" {
+		fmt.Fprintf(w, "  checkpoint %s, %s behind the source\n", r.CheckpointLSN, bytesText(r.LagBytes))
+	} else {
+		fmt.Fprintf(w, "  no checkpoint yet\n")
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nTABLE\tCOPIED\tESTIMATED\tPROGRESS\tRATE\tETA")
+	for _, t := range r.Tables {
+		state, eta := fmt.Sprintf("%5.1f%% %s", t.Percent, bar(t.Percent)), "-"
+		switch {
+		case t.Done:
+			state = "done   " + bar(100)
+		case !t.Started:
+			state = "pending"
+		case t.ETASeconds > 0:
+			eta = (time.Duration(t.ETASeconds) * time.Second).String()
+		}
+		// A table copied in one chunk has no elapsed time to divide by.
+		rate := "-"
+		if t.RowsPerSecond > 0 {
+			rate = fmt.Sprintf("%.0f rows/s", t.RowsPerSecond)
+		}
+		fmt.Fprintf(tw, "%s -> %s\t%d\t%d\t%s\t%s\t%s\n", t.Source, t.Target, t.RowsCopied, t.EstimatedRows, state, rate, eta)
+	}
+	tw.Flush()
+}
+
+func bar(pct float64) string {
+	n := int(pct / 5)
+	return "[" + strings.Repeat("#", n) + strings.Repeat(".", 20-n) + "]"
+}
+
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
