@@ -3,6 +3,7 @@ package backfill
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -19,10 +20,19 @@ type Job struct {
 	Mapping *transform.Mapping
 	// Key are the source columns chunks are paged by.
 	Key    []string
-	keyIdx []int
+	keyIdx []int // source column positions of Key, as in stream tuples
+	// rowKeyIdx are the positions of Key's text values in a chunk row.
+	rowKeyIdx []int
 	// Progress as loaded at start.
 	Progress Progress
 	stage    string
+	// binary jobs read every source column in binary (see
+	// transform.DirectCopy.Binary) into a ready COPY body and, after them,
+	// the columns in textSrc again as text, which become the chunk's Rows:
+	// keys must be compared with the stream's text values and bound as
+	// text parameters.
+	binary  bool
+	textSrc []int
 }
 
 // Progress is a job's durable state on the target.
@@ -46,10 +56,55 @@ func NewJob(field string, src *catalog.Table, m *transform.Mapping, index int) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", field, err)
 	}
-	return &Job{Field: field, Source: src, Mapping: m, Key: key, keyIdx: idx, stage: fmt.Sprintf("tandem_stage_%d", index)}, nil
+	j := &Job{Field: field, Source: src, Mapping: m, Key: key, keyIdx: idx, rowKeyIdx: idx, stage: fmt.Sprintf("tandem_stage_%d", index)}
+	if d, ok := m.Direct(); ok && d.Binary {
+		j.binary = true
+		for _, i := range append(append([]int(nil), idx...), d.KeySrc...) {
+			if !slices.Contains(j.textSrc, i) {
+				j.textSrc = append(j.textSrc, i)
+			}
+		}
+		j.rowKeyIdx = make([]int, len(idx))
+		for i, k := range idx {
+			j.rowKeyIdx[i] = j.TextIndex(k)
+		}
+	}
+	return j, nil
 }
 
-func (j *Job) rowKey(row [][]byte) string { return change.RawKey(row, j.keyIdx) }
+// Binary reports whether the job's chunk rows hold binary values.
+func (j *Job) Binary() bool { return j.binary }
+
+// Format names the format chunk rows travel in, for logs and metrics.
+func (j *Job) Format() string {
+	if j.binary {
+		return "binary"
+	}
+	return "text"
+}
+
+// TextIndex is where a chunk row holds the text form of source column
+// src; for a binary job only key columns have one.
+func (j *Job) TextIndex(src int) int {
+	if !j.binary {
+		return src
+	}
+	return slices.Index(j.textSrc, src)
+}
+
+// resultFormats are the chunk read's result formats (nil: all text).
+func (j *Job) resultFormats() []int16 {
+	if !j.binary {
+		return nil
+	}
+	f := make([]int16, len(j.Mapping.Source)+len(j.textSrc))
+	for i := range j.Mapping.Source {
+		f[i] = 1
+	}
+	return f
+}
+
+func (j *Job) rowKey(row [][]byte) string { return change.RawKey(row, j.rowKeyIdx) }
 
 // Name is "source -> target" for messages and metrics.
 func (j *Job) Name() string { return j.Mapping.SourceName + " -> " + j.Mapping.TargetName }
@@ -59,9 +114,12 @@ func (j *Job) Name() string { return j.Mapping.SourceName + " -> " + j.Mapping.T
 // bound fixed at the job's start so a table that is inserted into forever
 // still finishes (newer rows arrive through the stream).
 func (j *Job) keyedQuery(hasCursor, hasBound bool, limit int) string {
-	cols := make([]string, len(j.Mapping.Source))
-	for i, c := range j.Mapping.Source {
-		cols[i] = pgx.Identifier{c.Name}.Sanitize()
+	cols := make([]string, 0, len(j.Mapping.Source)+len(j.textSrc))
+	for _, c := range j.Mapping.Source {
+		cols = append(cols, pgx.Identifier{c.Name}.Sanitize())
+	}
+	for _, i := range j.textSrc {
+		cols = append(cols, pgx.Identifier{j.Mapping.Source[i].Name}.Sanitize())
 	}
 	keyCols := make([]string, len(j.Key))
 	for i, k := range j.Key {

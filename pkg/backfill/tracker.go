@@ -36,9 +36,14 @@ type Chunk struct {
 	ID     string
 	Job    *Job
 	Source string // schema.table of the source
-	// Rows in source column order, text form; nil is NULL. Set before the
-	// high watermark is written.
+	// Rows in source column order, text, nil is NULL; for a binary job
+	// (Job.Binary) only the key columns (Job.TextIndex), the rows
+	// themselves being in Body. Set before the high watermark is written.
 	Rows [][][]byte
+	// Body holds a binary job's rows in COPY binary form, without header
+	// and trailer; ends[i] is where row i ends.
+	Body []byte
+	ends []int
 	// Cursor is the key of the last row (the next chunk starts after it).
 	Cursor []string
 	Final  bool
@@ -72,11 +77,11 @@ func (t *Tracker) register(c *Chunk) {
 	t.chunks[c.ID] = c
 }
 
-func (t *Tracker) setRows(id string, rows [][][]byte, cursor []string, final bool, bytes int64) {
+func (t *Tracker) setRows(id string, r *chunkRows, cursor []string, final bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if c := t.chunks[id]; c != nil {
-		c.Rows, c.Cursor, c.Final, c.Bytes = rows, cursor, final, bytes
+		c.Rows, c.Body, c.ends, c.Cursor, c.Final, c.Bytes = r.rows, r.body, r.ends, cursor, final, r.bytes
 	}
 }
 
@@ -125,17 +130,40 @@ func (t *Tracker) High(id string) *Chunk {
 	delete(t.chunks, id)
 	t.closeLocked(c)
 	if c.truncated {
-		c.Rows = nil
+		c.Rows, c.Body, c.ends = nil, nil, nil
 	} else if len(c.touched) > 0 {
-		kept := c.Rows[:0]
-		for _, r := range c.Rows {
-			if _, hit := c.touched[c.Job.rowKey(r)]; !hit {
-				kept = append(kept, r)
-			}
-		}
-		c.Rows = kept
+		c.drop(func(r [][]byte) bool {
+			_, hit := c.touched[c.Job.rowKey(r)]
+			return hit
+		})
 	}
 	return c
+}
+
+// drop removes the rows for which hit is true, from Body too.
+func (c *Chunk) drop(hit func(row [][]byte) bool) {
+	kept := c.Rows[:0]
+	var body []byte
+	var ends []int
+	start := 0
+	for i, r := range c.Rows {
+		end := 0
+		if c.Body != nil {
+			end = c.ends[i]
+		}
+		if !hit(r) {
+			kept = append(kept, r)
+			if c.Body != nil {
+				body = append(body, c.Body[start:end]...)
+				ends = append(ends, len(body))
+			}
+		}
+		start = end
+	}
+	c.Rows = kept
+	if c.Body != nil {
+		c.Body, c.ends = body, ends
+	}
 }
 
 func (t *Tracker) closeLocked(c *Chunk) {

@@ -14,7 +14,7 @@ func text(s string) change.Value { return change.Value{Kind: change.Text, Data: 
 // between the two watermarks.
 func TestTrackerWindows(t *testing.T) {
 	rel := &change.Relation{Schema: "public", Name: "t", Columns: []change.Column{{Name: "id", Key: true}, {Name: "v"}}}
-	job := &Job{Mapping: &transform.Mapping{SourceName: "public.t"}, keyIdx: []int{0}}
+	job := &Job{Mapping: &transform.Mapping{SourceName: "public.t"}, keyIdx: []int{0}, rowKeyIdx: []int{0}}
 	rows := func(ids ...string) [][][]byte {
 		var out [][][]byte
 		for _, id := range ids {
@@ -64,7 +64,7 @@ func TestTrackerWindows(t *testing.T) {
 				tr.TouchChange(ch)
 			}
 			tr.Low("c1")
-			tr.setRows("c1", rows("1", "2", "3"), []string{"3"}, false, 0)
+			tr.setRows("c1", &chunkRows{rows: rows("1", "2", "3")}, []string{"3"}, false)
 			for _, ch := range tt.during {
 				tr.TouchChange(ch)
 			}
@@ -80,6 +80,38 @@ func TestTrackerWindows(t *testing.T) {
 			}
 		})
 	}
+
+	// A binary chunk keeps its rows as one COPY body; the rows the stream
+	// touched must leave the body too, and exactly their bytes.
+	t.Run("binary body loses exactly the touched rows", func(t *testing.T) {
+		bin := &Job{Mapping: &transform.Mapping{SourceName: "public.t", Source: []transform.SourceColumn{{Name: "id"}, {Name: "v"}}},
+			keyIdx: []int{0}, rowKeyIdx: []int{0}, binary: true, textSrc: []int{0}}
+		read := func(ids ...string) *chunkRows {
+			r := &chunkRows{}
+			for _, id := range ids {
+				var v []byte // NULL for id 2
+				if id != "2" {
+					v = []byte("value of " + id)
+				}
+				r.add(bin, [][]byte{[]byte("bin" + id), v, []byte(id)})
+			}
+			return r
+		}
+		tr := NewTracker()
+		tr.SetKeys("public.t", []int{0})
+		tr.register(&Chunk{ID: "b", Job: bin, Source: "public.t"})
+		tr.Low("b")
+		tr.setRows("b", read("1", "2", "3", "4"), []string{"4"}, false)
+		tr.TouchChange(del("2"))
+		tr.TouchChange(ins("4"))
+		got := tr.High("b")
+		if g := ids(got); !equal(g, []string{"1", "3"}) {
+			t.Fatalf("rows kept = %v, want [1 3]", g)
+		}
+		if want := read("1", "3").body; string(got.Body) != string(want) {
+			t.Fatalf("body after drop:\n got %q\nwant %q", got.Body, want)
+		}
+	})
 
 	t.Run("watermarks of another process are ignored", func(t *testing.T) {
 		tr := NewTracker()

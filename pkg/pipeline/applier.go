@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"io"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -261,14 +262,19 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 	if err := a.flushGroups(ctx); err != nil {
 		return err
 	}
-	direct, err := a.copyDirect(ctx, m, c.Rows, origin)
+	direct, err := a.copyDirect(ctx, c, origin)
 	if err != nil {
 		return err
 	}
 	if !direct {
-		a.staged.Reset()
-		for _, row := range c.Rows {
-			a.staged.AddRaw('u', row)
+		if j.Binary() {
+			a.staged.ResetBinary()
+			a.staged.AddBinaryRows(c.Body, len(c.Rows))
+		} else {
+			a.staged.Reset()
+			for _, row := range c.Rows {
+				a.staged.AddRaw('u', row)
+			}
 		}
 		if err := a.sink.ApplyStaged(ctx, m, j.StageName(), &a.staged, origin); err != nil {
 			return classifyApply(err)
@@ -281,7 +287,7 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 	if direct {
 		path = "copy"
 	}
-	a.p.bf.Chunks.WithLabelValues(j.Name(), path).Inc()
+	a.p.bf.Chunks.WithLabelValues(j.Name(), path, j.Format()).Inc()
 	return nil
 }
 
@@ -291,14 +297,17 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 // and the COPY share the applier's transaction, and the applier is the
 // target's only writer, so nothing can slip in between. It reports false
 // when the chunk must take the staged path.
-func (a *applier) copyDirect(ctx context.Context, m *transform.Mapping, rows [][][]byte, o sink.Origin) (bool, error) {
+func (a *applier) copyDirect(ctx context.Context, c *backfill.Chunk, o sink.Origin) (bool, error) {
+	j, rows := c.Job, c.Rows
+	m := j.Mapping
 	d, ok := m.Direct()
 	if !ok || len(rows) == 0 {
 		return false, nil
 	}
+	key := j.TextIndex(d.KeySrc[0])
 	first := make([]string, 0, len(rows))
 	for _, row := range rows {
-		v := row[d.KeySrc[0]]
+		v := row[key]
 		if v == nil {
 			return false, nil // NULL keys never match; let the upsert decide
 		}
@@ -317,11 +326,17 @@ func (a *applier) copyDirect(ctx context.Context, m *transform.Mapping, rows [][
 	if present {
 		return false, nil
 	}
-	a.staged.Reset()
-	for _, row := range rows {
-		a.staged.AddColumns(row, d.Source)
+	var data io.Reader
+	if j.Binary() {
+		data = sink.BinaryCopy(c.Body)
+	} else {
+		a.staged.Reset()
+		for _, row := range rows {
+			a.staged.AddColumns(row, d.Source)
+		}
+		data = a.staged.Reader()
 	}
-	if err := a.sink.CopyIn(ctx, "", m.CopySQL(d), a.staged.Reader(), o); err != nil {
+	if err := a.sink.CopyIn(ctx, "", m.CopySQL(d), data, o); err != nil {
 		return false, classifyApply(err)
 	}
 	return true, nil

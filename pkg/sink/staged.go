@@ -3,6 +3,8 @@ package sink
 import (
 	"bytes"
 	"context"
+	"io"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -10,21 +12,42 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
 
-// Staged collects rows in COPY text format for one mapping's staging table.
+// Staged collects rows in COPY format, text unless reset for binary, for
+// a staging table or a direct COPY.
 type Staged struct {
 	buf              bytes.Buffer
 	Rows             int
 	deletes, upserts bool
+	binary           bool
 }
 
-// Reset empties the buffer for reuse.
+// binaryHeader starts a COPY in binary format: signature, flags, header
+// extension length.
+const binaryHeader = "PGCOPY\n\xff\r\n\x00" + "\x00\x00\x00\x00" + "\x00\x00\x00\x00"
+
+// Reset empties the buffer for reuse, for COPY text.
 func (st *Staged) Reset() {
 	st.buf.Reset()
-	st.Rows, st.deletes, st.upserts = 0, false, false
+	st.Rows, st.deletes, st.upserts, st.binary = 0, false, false, false
 }
 
-// Bytes is the buffered size.
-func (st *Staged) Bytes() int { return st.buf.Len() }
+// ResetBinary empties the buffer for rows in COPY binary format, whose
+// values are the binary send form of their type.
+func (st *Staged) ResetBinary() {
+	st.Reset()
+	st.binary = true
+}
+
+// Binary reports whether the buffer holds COPY binary data.
+func (st *Staged) Binary() bool { return st.binary }
+
+// AddBinaryRows stages rows already in COPY binary form (each a field
+// count and length-prefixed binary values), all upserts.
+func (st *Staged) AddBinaryRows(body []byte, rows int) {
+	st.buf.Write(body)
+	st.Rows += rows
+	st.upserts = st.upserts || rows > 0
+}
 
 // AddRaw stages a row given as text values (nil is NULL) for op 'u' or 'd'.
 func (st *Staged) AddRaw(op byte, vals [][]byte) {
@@ -57,6 +80,10 @@ func (st *Staged) AddTuple(op byte, vals []change.Value) {
 func (st *Staged) finish(op byte) {
 	st.buf.WriteByte(op)
 	st.buf.WriteByte('\n')
+	st.count(op)
+}
+
+func (st *Staged) count(op byte) {
 	st.Rows++
 	if op == 'd' {
 		st.deletes = true
@@ -97,12 +124,12 @@ func (s *PGSink) ApplyStaged(ctx context.Context, m *transform.Mapping, base str
 		return nil
 	}
 	stage := m.StageName(base)
-	copySQL := "COPY " + pgx.Identifier{stage}.Sanitize() + " FROM STDIN"
+	copySQL := m.StageCopySQL(stage, st.binary)
 	ddl := ""
 	if !s.staging[stage] {
 		ddl = m.StageDDL(stage)
 	}
-	if err := s.CopyIn(ctx, ddl, copySQL, bytes.NewReader(st.buf.Bytes()), o); err != nil {
+	if err := s.CopyIn(ctx, ddl, copySQL, st.Reader(), o); err != nil {
 		return err
 	}
 	// Created for the session once its transaction commits; until then a
@@ -136,5 +163,16 @@ func (st *Staged) AddColumns(vals [][]byte, idx []int) {
 	st.upserts = true
 }
 
-// Reader returns the staged COPY text.
-func (st *Staged) Reader() *bytes.Reader { return bytes.NewReader(st.buf.Bytes()) }
+// Reader returns the staged COPY data.
+func (st *Staged) Reader() io.Reader {
+	if st.binary {
+		return BinaryCopy(st.buf.Bytes())
+	}
+	return bytes.NewReader(st.buf.Bytes())
+}
+
+// BinaryCopy frames rows in COPY binary form (each a field count and
+// length-prefixed values) as a whole COPY binary stream.
+func BinaryCopy(rows []byte) io.Reader {
+	return io.MultiReader(strings.NewReader(binaryHeader), bytes.NewReader(rows), strings.NewReader("\xff\xff"))
+}

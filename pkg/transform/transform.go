@@ -543,7 +543,7 @@ func (m *Mapping) StageDDL(stage string) string {
 	for i, c := range m.Source {
 		cols[i] = quote(c.Name) + " " + c.BindType
 	}
-	cols[len(m.Source)] = OpColumn + ` "char" NOT NULL`
+	cols[len(m.Source)] = OpColumn + ` "char" NOT NULL DEFAULT 'u'`
 	return fmt.Sprintf("CREATE TEMP TABLE IF NOT EXISTS %s (%s)", quote(stage), strings.Join(cols, ", "))
 }
 
@@ -637,7 +637,23 @@ type DirectCopy struct {
 	// every server (no collation), so a chunk read in key order spans
 	// exactly [first row, last row] on the target too.
 	Ranged bool
+	// Binary is set when every source column is copied to exactly one
+	// target column and has a built-in type with a binary send/receive
+	// pair. Built-in types have the same OID on every server, so their
+	// binary form (which for arrays names the element type's OID) reads
+	// back unchanged on the target; a source row read in binary is then a
+	// COPY row as it stands, for the target (columns BySource) and for
+	// the staging table alike, and is never converted to text and parsed
+	// again on either side.
+	Binary bool
+	// BySource are the target columns in source column order; set with
+	// Binary.
+	BySource []string
 }
+
+// noBinaryIO are the built-in types (and their arrays) without binary
+// send/receive functions.
+var noBinaryIO = map[uint32]bool{1033: true, 1034: true, 3642: true, 3644: true} // aclitem, gtsvector
 
 // collationFree are built-in types whose order does not depend on a
 // collation or a server setting.
@@ -677,6 +693,20 @@ func (m *Mapping) Direct() (DirectCopy, bool) {
 		d.KeySrc = append(d.KeySrc, c.Deps[0])
 	}
 	d.Ranged = collationFree[m.Target.Column(m.Key[0]).TypeOID]
+	d.BySource = make([]string, len(m.Source))
+	for i, src := range d.Source {
+		if d.BySource[src] != "" {
+			return d, true // a source column copied twice
+		}
+		d.BySource[src] = d.Columns[i]
+	}
+	for i, c := range m.Source {
+		if d.BySource[i] == "" || c.TypeOID >= firstUserOID || noBinaryIO[c.TypeOID] {
+			d.BySource = nil
+			return d, true
+		}
+	}
+	d.Binary = true
 	return d, true
 }
 
@@ -699,11 +729,38 @@ func (m *Mapping) AnyKeySQL(d DirectCopy) string {
 		m.Target.QualifiedName(), quote(m.Key[0]), d.KeyTypes[0])
 }
 
-// CopySQL is the COPY that loads DirectCopy rows into the target.
+// CopySQL is the COPY that loads DirectCopy rows into the target: text
+// rows of the columns in Columns order, or binary source rows as they
+// stand (BySource order).
 func (m *Mapping) CopySQL(d DirectCopy) string {
-	cols := make([]string, len(d.Columns))
-	for i, c := range d.Columns {
+	names := d.Columns
+	if d.Binary {
+		names = d.BySource
+	}
+	cols := make([]string, len(names))
+	for i, c := range names {
 		cols[i] = quote(c)
 	}
-	return fmt.Sprintf("COPY %s (%s) FROM STDIN", m.Target.QualifiedName(), strings.Join(cols, ", "))
+	return fmt.Sprintf("COPY %s (%s) FROM STDIN%s", m.Target.QualifiedName(), strings.Join(cols, ", "), copyFormat(d.Binary))
+}
+
+// StageCopySQL is the COPY that loads staged rows into a staging table:
+// text rows carry every source column and then the op, binary rows (see
+// DirectCopy.Binary) only the source columns, the op defaulting to 'u'.
+func (m *Mapping) StageCopySQL(stage string, binary bool) string {
+	if !binary {
+		return "COPY " + quote(stage) + " FROM STDIN"
+	}
+	cols := make([]string, len(m.Source))
+	for i, c := range m.Source {
+		cols[i] = quote(c.Name)
+	}
+	return fmt.Sprintf("COPY %s (%s) FROM STDIN%s", quote(stage), strings.Join(cols, ", "), copyFormat(true))
+}
+
+func copyFormat(binary bool) string {
+	if binary {
+		return " (FORMAT binary)"
+	}
+	return ""
 }
