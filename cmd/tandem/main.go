@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tandem-migrate/tandem/pkg/backfill"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
@@ -137,11 +138,11 @@ func reloadOnHUP(ctx context.Context, path string, p *pipeline.Pipeline, log *sl
 			log.Error("config reload failed; keeping the running limits", "err", err)
 			continue
 		}
-		l := p.Backfill.Limits()
-		l.ChunkRows, l.RowsPerSecond, l.BytesPerSecond = cfg.Backfill.ChunkRows, cfg.Backfill.RowsPerSecond, cfg.Backfill.BytesPerSecond
+		l := backfill.LimitsOf(cfg.Backfill)
+		l.Paused = p.Backfill.Limits().Paused
 		p.Backfill.Set(l)
 		log.Info("config reloaded: backfill limits applied (other changes need a restart)",
-			"chunk_rows", l.ChunkRows, "rows_per_second", l.RowsPerSecond, "bytes_per_second", l.BytesPerSecond)
+			"chunk_rows", l.ChunkRows, "chunk_bytes", l.ChunkBytes, "rows_per_second", l.RowsPerSecond, "bytes_per_second", l.BytesPerSecond)
 	}
 }
 

@@ -10,11 +10,14 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/tandem-migrate/tandem/pkg/config"
 )
 
 // Limits are the knobs that can change while running.
 type Limits struct {
 	ChunkRows      int     `json:"chunk_rows"`
+	ChunkBytes     int64   `json:"chunk_bytes"`
 	RowsPerSecond  float64 `json:"rows_per_second"`
 	BytesPerSecond float64 `json:"bytes_per_second"`
 	Paused         bool    `json:"paused"`
@@ -45,12 +48,20 @@ func limiter(perSecond float64, burst int) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))
 }
 
+// LimitsOf returns the limits a config asks for.
+func LimitsOf(b config.BackfillConfig) Limits {
+	return Limits{ChunkRows: b.ChunkRows, ChunkBytes: b.ChunkBytes, RowsPerSecond: b.RowsPerSecond, BytesPerSecond: b.BytesPerSecond}
+}
+
 // Set replaces the limits (config reload, HTTP).
 func (c *Control) Set(l Limits) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if l.ChunkRows < 1 {
 		l.ChunkRows = 1
+	}
+	if l.ChunkBytes < 1 {
+		l.ChunkBytes = 1
 	}
 	c.limits = l
 	c.rows = limiter(l.RowsPerSecond, max(l.ChunkRows, int(l.RowsPerSecond)))
@@ -146,6 +157,7 @@ func (c *Control) Handler() http.Handler {
 			l := c.Limits()
 			for key, set := range map[string]func(string) error{
 				"chunk_rows":       func(v string) (err error) { l.ChunkRows, err = strconv.Atoi(v); return },
+				"chunk_bytes":      func(v string) (err error) { l.ChunkBytes, err = strconv.ParseInt(v, 10, 64); return },
 				"rows_per_second":  func(v string) (err error) { l.RowsPerSecond, err = strconv.ParseFloat(v, 64); return },
 				"bytes_per_second": func(v string) (err error) { l.BytesPerSecond, err = strconv.ParseFloat(v, 64); return },
 			} {
@@ -162,8 +174,8 @@ func (c *Control) Handler() http.Handler {
 			if r.Form.Has("resume") {
 				l.Paused = false
 			}
-			if l.ChunkRows < 1 || l.RowsPerSecond < 0 || l.BytesPerSecond < 0 {
-				http.Error(w, "chunk_rows must be >= 1 and rates >= 0", http.StatusBadRequest)
+			if l.ChunkRows < 1 || l.ChunkBytes < 1 || l.RowsPerSecond < 0 || l.BytesPerSecond < 0 {
+				http.Error(w, "chunk_rows and chunk_bytes must be >= 1 and rates >= 0", http.StatusBadRequest)
 				return
 			}
 			c.Set(l)

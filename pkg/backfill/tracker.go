@@ -50,6 +50,7 @@ type Chunk struct {
 	Bytes  int64
 
 	rowCount  int
+	full      bool // ended by the byte limit
 	touched   map[string]struct{}
 	truncated bool
 	released  chan struct{}

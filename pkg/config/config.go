@@ -73,6 +73,9 @@ type BackfillConfig struct {
 	Enabled *bool `mapstructure:"enabled"`
 	// ChunkRows is the number of rows read per chunk (keyset page).
 	ChunkRows int `mapstructure:"chunk_rows"`
+	// ChunkBytes ends a chunk early once its rows reach this size, so wide
+	// rows cannot make a chunk (held in memory until applied) huge.
+	ChunkBytes int64 `mapstructure:"chunk_bytes"`
 	// Workers is the number of chunks read in parallel.
 	Workers int `mapstructure:"workers"`
 	// RowsPerSecond and BytesPerSecond cap the copy; 0 means no cap.
@@ -157,7 +160,10 @@ func (c *Config) ApplyDefaults() {
 		c.Apply.ShutdownTimeout = 10 * time.Second
 	}
 	if c.Backfill.ChunkRows == 0 {
-		c.Backfill.ChunkRows = 5000
+		c.Backfill.ChunkRows = 20000
+	}
+	if c.Backfill.ChunkBytes == 0 {
+		c.Backfill.ChunkBytes = 32 << 20
 	}
 	if c.Backfill.Workers == 0 {
 		c.Backfill.Workers = 2
@@ -220,6 +226,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Backfill.ChunkRows < 1 {
 		add("backfill.chunk_rows", "must be at least 1, got %d", c.Backfill.ChunkRows)
+	}
+	if c.Backfill.ChunkBytes < 1 {
+		add("backfill.chunk_bytes", "must be at least 1 (bytes), got %d", c.Backfill.ChunkBytes)
 	}
 	if c.Backfill.Workers < 1 || c.Backfill.Workers > 64 {
 		add("backfill.workers", "must be between 1 and 64, got %d", c.Backfill.Workers)

@@ -2,8 +2,8 @@ package pipeline
 
 import (
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
 	"github.com/tandem-migrate/tandem/pkg/config"
@@ -117,4 +118,54 @@ func TestBackfillNeedsAKey(t *testing.T) {
 	if err := pipeline.Preflight(ctx, cfg); err != nil {
 		t.Fatalf("stream-only needs no source key with REPLICA IDENTITY FULL: %v", err)
 	}
+}
+
+// TestBackfillChunkBytes: rows wide enough that chunk_rows of them would
+// be a huge chunk are cut by chunk_bytes, and the table still arrives
+// whole (a chunk ended by bytes is not mistaken for the last one).
+func TestBackfillChunkBytes(t *testing.T) {
+	ctx := context.Background()
+	env := testkit.Setup(t)
+	src := testkit.Connect(t, env.SourceDSN)
+	tgt := testkit.Connect(t, env.TargetDSN)
+	ddl := `CREATE TABLE wide (id int PRIMARY KEY, blob text)`
+	for _, c := range []*pgx.Conn{src, tgt} {
+		if _, err := c.Exec(ctx, ddl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const rows, rowBytes, chunkBytes = 120, 100_000, 1 << 20
+	if _, err := src.Exec(ctx, `INSERT INTO wide SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, $1::int / 32) i) FROM generate_series(1, $2::int) g`, rowBytes, rows); err != nil {
+		t.Fatal(err)
+	}
+	cfg := env.Config("wide")
+	cfg.Tables = []config.TableConfig{{Source: "public.wide", Target: "public.wide"}, {Source: "public.marker", Target: "public.marker"}}
+	on := true
+	cfg.Backfill.Enabled = &on
+	cfg.Backfill.ChunkRows = 1000 // all rows in one chunk, were it not for the bytes
+	cfg.Backfill.ChunkBytes = chunkBytes
+	r := startConfig(t, cfg)
+	testkit.WaitBackfill(t, tgt, cfg.Name, len(cfg.Tables), 3*time.Minute, r.alive)
+	q := `SELECT count(*), md5(string_agg(blob, '' ORDER BY id)) FROM wide`
+	var wantN, gotN int
+	var want, got string
+	if err := src.QueryRow(ctx, q).Scan(&wantN, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := tgt.QueryRow(ctx, q).Scan(&gotN, &got); err != nil {
+		t.Fatal(err)
+	}
+	if wantN != gotN || want != got {
+		t.Fatalf("wide differs: source %d rows (%s), target %d rows (%s)", wantN, want, gotN, got)
+	}
+	m := r.p.BackfillMetrics()
+	var chunks float64
+	for _, path := range []string{"copy", "upsert"} {
+		chunks += testutil.ToFloat64(m.Chunks.WithLabelValues("public.wide -> public.wide", path, "binary"))
+	}
+	// Each chunk holds at most ceil(chunkBytes/rowBytes) = 11 rows.
+	if least := float64(rows*rowBytes/chunkBytes) - 1; chunks < least {
+		t.Fatalf("%v chunks, want at least %v: chunk_bytes did not cut them", chunks, least)
+	}
+	t.Logf("%d rows of %d bytes in %v chunks", rows, rowBytes, chunks)
 }

@@ -55,7 +55,7 @@ type walSample struct {
 // New builds a pipeline; reg receives its metrics.
 func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) *Pipeline {
 	p := &Pipeline{cfg: cfg, base: log, log: log.With("component", "pipeline"), m: metrics.NewStream(reg), bf: backfill.NewMetrics(reg)}
-	p.Backfill = backfill.NewControl(backfill.Limits{ChunkRows: cfg.Backfill.ChunkRows, RowsPerSecond: cfg.Backfill.RowsPerSecond, BytesPerSecond: cfg.Backfill.BytesPerSecond})
+	p.Backfill = backfill.NewControl(backfill.LimitsOf(cfg.Backfill))
 	p.Health.Set(false, "starting")
 	return p
 }
