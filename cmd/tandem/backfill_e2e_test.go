@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
 )
@@ -139,4 +142,115 @@ func TestBackfillResumesNotRestarts(t *testing.T) {
 	}
 	testkit.WaitMark(t, tgt, 1, time.Minute, d.alive)
 	testkit.Compare(t, src, tgt)
+}
+
+// TestBackfillKillLoopBinary attacks the binary path the same way: a
+// pure-copy table of built-in types, whose chunks travel as ready COPY
+// bodies, copied under random deletes, updates and delete-then-reinserts
+// of the same key, with tandem kill -9ed mid-copy again and again. Every
+// row must end as on the old database, by an independent comparison.
+func TestBackfillKillLoopBinary(t *testing.T) {
+	ctx := context.Background()
+	env := testkit.Setup(t)
+	src := testkit.Connect(t, env.SourceDSN)
+	tgt := testkit.Connect(t, env.TargetDSN)
+	rows, kills := 300000, 6
+	if testing.Short() {
+		rows, kills = 60000, 3
+	}
+	ddl := `CREATE TABLE items (id bigint PRIMARY KEY, sku text NOT NULL, price numeric(12,2), tags int[], at timestamptz, attrs jsonb)`
+	for _, c := range []*pgx.Conn{src, tgt} {
+		if _, err := c.Exec(ctx, ddl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Exec(ctx, `INSERT INTO items SELECT g, 'SKU-' || g, CASE WHEN g % 9 = 0 THEN NULL ELSE g / 7.0 END, ARRAY[g % 5, g % 7],
+		'2024-01-01'::timestamptz + g * interval '1 s', jsonb_build_object('g', g) FROM generate_series(1, $1::int) g`, rows); err != nil {
+		t.Fatal(err)
+	}
+	rate := rows / 10
+	cfg := writeConfig(t, fmt.Sprintf(`source: {dsn: %q, slot: bfbin, publication: bfbin}
+target: {dsn: %q}
+backfill: {enabled: true, chunk_rows: 3000, workers: 2, rows_per_second: %d}
+apply: {retry_min: 100ms, retry_max: 1s}
+tables:
+  - source: public.items
+  - source: public.marker
+`, env.SourceDSN, env.TargetDSN, rate))
+
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		conn := testkit.Connect(t, env.SourceDSN)
+		r := rand.New(rand.NewSource(17))
+		for {
+			select {
+			case <-stop:
+				werr <- nil
+				return
+			default:
+			}
+			id := 1 + r.Int63n(int64(rows)+1000) // some inserts past the end
+			var err error
+			switch r.Intn(4) {
+			case 0:
+				_, err = conn.Exec(ctx, `DELETE FROM items WHERE id = $1`, id)
+			case 1:
+				_, err = conn.Exec(ctx, `UPDATE items SET price = price + 1, tags = tags || 0, attrs = attrs || '{"u": 1}' WHERE id = $1`, id)
+			default:
+				_, err = conn.Exec(ctx, `WITH d AS (DELETE FROM items WHERE id = $1) INSERT INTO items (id, sku, at) VALUES ($1, 'again', now()) ON CONFLICT (id) DO NOTHING`, id)
+			}
+			if err != nil {
+				werr <- err
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+
+	d := startDaemon(t, cfg)
+	r := rand.New(rand.NewSource(19))
+	killed := 0
+	for killed < kills {
+		time.Sleep(time.Duration(300+r.Intn(900)) * time.Millisecond)
+		if err := d.alive(); err != nil {
+			t.Fatal(err)
+		}
+		copied := testkit.BackfillCopied(ctx, tgt, "public.items")
+		if copied >= int64(rows)*9/10 {
+			break
+		}
+		d.kill()
+		killed++
+		t.Logf("kill -9 #%d with %d/%d rows durably copied", killed, copied, rows)
+		d = startDaemon(t, cfg)
+	}
+	if killed < kills {
+		t.Fatalf("backfill nearly finished after only %d kills; slow it down so the test attacks it %d times", killed, kills)
+	}
+	testkit.WaitBackfill(t, tgt, "bfbin", 2, 5*time.Minute, d.alive)
+	close(stop)
+	if err := <-werr; err != nil {
+		t.Fatalf("workload: %v", err)
+	}
+	if err := testkit.Mark(ctx, src, 1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitMark(t, tgt, 1, 3*time.Minute, d.alive)
+	q := `SELECT count(*), coalesce(md5(string_agg(i::text, '|' ORDER BY id)), '') FROM items i`
+	var wantN, gotN int64
+	var want, got string
+	if err := src.QueryRow(ctx, q).Scan(&wantN, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := tgt.QueryRow(ctx, q).Scan(&gotN, &got); err != nil {
+		t.Fatal(err)
+	}
+	if wantN != gotN || want != got {
+		t.Fatalf("items differ after %d kills: source %d rows, target %d rows", killed, wantN, gotN)
+	}
+	if !strings.Contains(d.log(), `format=binary`) {
+		t.Fatalf("the copy did not take the binary path:\n%s", d.log())
+	}
+	t.Logf("%d rows equal after %d kills", wantN, killed)
 }
