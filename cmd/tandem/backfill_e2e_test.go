@@ -48,26 +48,7 @@ func TestBackfillKillLoop(t *testing.T) {
 		werr = w.Churn(ctx, testkit.Connect(t, env.SourceDSN), 12, rows, time.Millisecond, stop)
 	}()
 
-	d := startDaemon(t, cfg)
-	r := rand.New(rand.NewSource(13))
-	killed := 0
-	for killed < kills {
-		time.Sleep(time.Duration(300+r.Intn(1200)) * time.Millisecond)
-		if err := d.alive(); err != nil {
-			t.Fatal(err)
-		}
-		copied := testkit.BackfillCopied(ctx, tgt, "public.orders")
-		if copied >= int64(rows) {
-			break
-		}
-		d.kill()
-		killed++
-		t.Logf("kill -9 #%d with %d/%d rows durably copied", killed, copied, rows)
-		d = startDaemon(t, cfg)
-	}
-	if killed < kills {
-		t.Fatalf("backfill finished after only %d kills; slow it down so the test attacks it %d times", killed, kills)
-	}
+	d, _ := killLoop(t, cfg, tgt, "public.orders", int64(rows), kills, 13, 300, 1200)
 	testkit.WaitBackfill(t, tgt, "bfkill", 3, 10*time.Minute, d.alive)
 	close(stop)
 	wg.Wait()
@@ -180,54 +161,17 @@ tables:
 
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
+	conn := testkit.Connect(t, env.SourceDSN)
 	go func() {
-		conn := testkit.Connect(t, env.SourceDSN)
-		r := rand.New(rand.NewSource(17))
-		for {
-			select {
-			case <-stop:
-				werr <- nil
-				return
-			default:
-			}
-			id := 1 + r.Int63n(int64(rows)+1000) // some inserts past the end
-			var err error
-			switch r.Intn(4) {
-			case 0:
-				_, err = conn.Exec(ctx, `DELETE FROM items WHERE id = $1`, id)
-			case 1:
-				_, err = conn.Exec(ctx, `UPDATE items SET price = price + 1, tags = tags || 0, attrs = attrs || '{"u": 1}' WHERE id = $1`, id)
-			default:
-				_, err = conn.Exec(ctx, `WITH d AS (DELETE FROM items WHERE id = $1) INSERT INTO items (id, sku, at) VALUES ($1, 'again', now()) ON CONFLICT (id) DO NOTHING`, id)
-			}
-			if err != nil {
-				werr <- err
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
+		werr <- testkit.ChurnByKey(ctx, conn, 17, int64(rows)+1000, []string{ // some inserts past the end
+			`DELETE FROM items WHERE id = $1`,
+			`UPDATE items SET price = price + 1, tags = tags || 0, attrs = attrs || '{"u": 1}' WHERE id = $1`,
+			`WITH d AS (DELETE FROM items WHERE id = $1) INSERT INTO items (id, sku, at) VALUES ($1, 'again', now()) ON CONFLICT (id) DO NOTHING`,
+			`WITH d AS (DELETE FROM items WHERE id = $1) INSERT INTO items (id, sku, at) VALUES ($1, 'again', now()) ON CONFLICT (id) DO NOTHING`,
+		}, time.Millisecond, stop)
 	}()
 
-	d := startDaemon(t, cfg)
-	r := rand.New(rand.NewSource(19))
-	killed := 0
-	for killed < kills {
-		time.Sleep(time.Duration(300+r.Intn(900)) * time.Millisecond)
-		if err := d.alive(); err != nil {
-			t.Fatal(err)
-		}
-		copied := testkit.BackfillCopied(ctx, tgt, "public.items")
-		if copied >= int64(rows)*9/10 {
-			break
-		}
-		d.kill()
-		killed++
-		t.Logf("kill -9 #%d with %d/%d rows durably copied", killed, copied, rows)
-		d = startDaemon(t, cfg)
-	}
-	if killed < kills {
-		t.Fatalf("backfill nearly finished after only %d kills; slow it down so the test attacks it %d times", killed, kills)
-	}
+	d, killed := killLoop(t, cfg, tgt, "public.items", int64(rows)*9/10, kills, 19, 300, 900)
 	testkit.WaitBackfill(t, tgt, "bfbin", 2, 5*time.Minute, d.alive)
 	close(stop)
 	if err := <-werr; err != nil {
@@ -237,20 +181,39 @@ tables:
 		t.Fatal(err)
 	}
 	testkit.WaitMark(t, tgt, 1, 3*time.Minute, d.alive)
-	q := `SELECT count(*), coalesce(md5(string_agg(i::text, '|' ORDER BY id)), '') FROM items i`
-	var wantN, gotN int64
-	var want, got string
-	if err := src.QueryRow(ctx, q).Scan(&wantN, &want); err != nil {
-		t.Fatal(err)
-	}
-	if err := tgt.QueryRow(ctx, q).Scan(&gotN, &got); err != nil {
-		t.Fatal(err)
-	}
-	if wantN != gotN || want != got {
-		t.Fatalf("items differ after %d kills: source %d rows, target %d rows", killed, wantN, gotN)
-	}
+	testkit.SameTable(t, src, tgt, "items", "id")
 	if !strings.Contains(d.log(), `format=binary`) {
 		t.Fatalf("the copy did not take the binary path:\n%s", d.log())
 	}
-	t.Logf("%d rows equal after %d kills", wantN, killed)
+	t.Logf("items equal after %d kills", killed)
+}
+
+// killLoop starts tandem on cfg and kill -9s it after random pauses of
+// minMS to minMS+spreadMS until it was killed kills times, restarting it
+// each time. It fails the test if table's durable progress reaches done
+// rows first (the copy was too fast to attack), and returns the running
+// daemon and the number of kills.
+func killLoop(t *testing.T, cfg string, tgt *pgx.Conn, table string, done int64, kills int, seed int64, minMS, spreadMS int) (*daemon, int) {
+	t.Helper()
+	d := startDaemon(t, cfg)
+	r := rand.New(rand.NewSource(seed))
+	killed := 0
+	for killed < kills {
+		time.Sleep(time.Duration(minMS+r.Intn(spreadMS)) * time.Millisecond)
+		if err := d.alive(); err != nil {
+			t.Fatal(err)
+		}
+		copied := testkit.BackfillCopied(context.Background(), tgt, table)
+		if copied >= done {
+			break
+		}
+		d.kill()
+		killed++
+		t.Logf("kill -9 #%d with %d rows of %s durably copied", killed, copied, table)
+		d = startDaemon(t, cfg)
+	}
+	if killed < kills {
+		t.Fatalf("the copy of %s got to %d rows after only %d kills; slow it down so the test attacks it %d times", table, done, killed, kills)
+	}
+	return d, killed
 }

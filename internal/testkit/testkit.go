@@ -531,15 +531,8 @@ func WaitBackfill(t testing.TB, tgt *pgx.Conn, name string, tables int, timeout 
 // must survive: every kind of change landing on rows the copy has not
 // reached, is reading, or has passed.
 func (w *Workload) Churn(ctx context.Context, conn *pgx.Conn, seed int64, rows int, pause time.Duration, stop <-chan struct{}) error {
-	r := rand.New(rand.NewSource(seed))
-	for {
-		select {
-		case <-stop:
-			return nil
-		default:
-		}
+	return churn(seed, pause, stop, func(r *rand.Rand) (err error) {
 		id := 1 + r.Int63n(int64(rows))
-		var err error
 		switch r.Intn(5) {
 		case 0:
 			_, err = conn.Exec(ctx, `DELETE FROM orders WHERE id = $1`, id)
@@ -554,7 +547,21 @@ func (w *Workload) Churn(ctx context.Context, conn *pgx.Conn, seed int64, rows i
 		default:
 			err = w.Step(ctx)
 		}
-		if err != nil {
+		return err
+	})
+}
+
+// churn runs step with a seeded random source, pausing between steps,
+// until stop closes or a step fails.
+func churn(seed int64, pause time.Duration, stop <-chan struct{}, step func(*rand.Rand) error) error {
+	r := rand.New(rand.NewSource(seed))
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		if err := step(r); err != nil {
 			return err
 		}
 		if pause > 0 {
@@ -569,4 +576,58 @@ func BackfillCopied(ctx context.Context, tgt *pgx.Conn, table string) int64 {
 	var n int64
 	_ = tgt.QueryRow(ctx, `SELECT COALESCE(sum(rows_copied), 0)::int8 FROM tandem.backfill WHERE source = $1`, table).Scan(&n)
 	return n
+}
+
+// SameTable compares one table on both sides by an independent query: its
+// row count and a digest of every row's text in key order. It reports
+// both counts on a difference.
+func SameTable(t testing.TB, src, tgt *pgx.Conn, table, orderBy string) {
+	t.Helper()
+	ident := pgx.Identifier{table}.Sanitize()
+	q := fmt.Sprintf(`SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY %s)), '') FROM %s r`, orderBy, ident)
+	var wantN, gotN int64
+	var want, got string
+	if err := src.QueryRow(context.Background(), q).Scan(&wantN, &want); err != nil {
+		t.Fatalf("read %s on the source: %v", table, err)
+	}
+	if err := tgt.QueryRow(context.Background(), q).Scan(&gotN, &got); err != nil {
+		t.Fatalf("read %s on the target: %v", table, err)
+	}
+	if wantN == gotN && want == got {
+		return
+	}
+	// Only now read the rows themselves, to name the first differences.
+	rowsQ := fmt.Sprintf(`SELECT r::text FROM %s r ORDER BY %s`, ident, orderBy)
+	read := func(c *pgx.Conn) []string {
+		var out []string
+		rows, err := c.Query(context.Background(), rowsQ)
+		if err != nil {
+			t.Fatalf("read %s: %v", table, err)
+		}
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatalf("read %s: %v", table, err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	ws, gs := read(src), read(tgt)
+	var diffs []string
+	for i := 0; i < len(ws) && i < len(gs) && len(diffs) < 5; i++ {
+		if ws[i] != gs[i] {
+			diffs = append(diffs, fmt.Sprintf("source %s\ntarget %s", ws[i], gs[i]))
+		}
+	}
+	t.Fatalf("%s differs: %d rows on the source, %d on the target; first differences in %s order:\n%s", table, wantN, gotN, orderBy, strings.Join(diffs, "\n"))
+}
+
+// ChurnByKey runs random statements from ops, each taking a key in
+// [1, maxID] as $1, until stop is closed; it returns the first error.
+func ChurnByKey(ctx context.Context, conn *pgx.Conn, seed, maxID int64, ops []string, pause time.Duration, stop <-chan struct{}) error {
+	return churn(seed, pause, stop, func(r *rand.Rand) error {
+		_, err := conn.Exec(ctx, ops[r.Intn(len(ops))], 1+r.Int63n(maxID))
+		return err
+	})
 }

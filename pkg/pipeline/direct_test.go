@@ -2,8 +2,6 @@ package pipeline_test
 
 import (
 	"context"
-	"fmt"
-	"math/rand"
 	"testing"
 	"time"
 
@@ -72,34 +70,13 @@ func testBackfillDirectCopy(t *testing.T, format, types, extra, fill string) {
 	r := startConfig(t, cfg)
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
+	conn := testkit.Connect(t, env.SourceDSN)
 	go func() {
-		conn := testkit.Connect(t, env.SourceDSN)
-		r := rand.New(rand.NewSource(51))
-		for {
-			select {
-			case <-stop:
-				werr <- nil
-				return
-			default:
-			}
-			id := 1 + r.Int63n(int64(rows))
-			var err error
-			switch r.Intn(3) {
-			case 0:
-				if _, err = conn.Exec(ctx, `DELETE FROM plain WHERE id = $1`, id); err == nil {
-					_, err = conn.Exec(ctx, `INSERT INTO plain (id, name) VALUES ($1, 'reborn') ON CONFLICT DO NOTHING`, id)
-				}
-			case 1:
-				_, err = conn.Exec(ctx, `UPDATE plain SET amount = amount + 1, doc = doc || '{"u": 1}' WHERE id = $1`, id)
-			default:
-				_, err = conn.Exec(ctx, `DELETE FROM plain WHERE id = $1`, id)
-			}
-			if err != nil {
-				werr <- err
-				return
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+		werr <- testkit.ChurnByKey(ctx, conn, 51, int64(rows), []string{
+			`WITH d AS (DELETE FROM plain WHERE id = $1) INSERT INTO plain (id, name) VALUES ($1, 'reborn') ON CONFLICT DO NOTHING`,
+			`UPDATE plain SET amount = amount + 1, doc = doc || '{"u": 1}' WHERE id = $1`,
+			`DELETE FROM plain WHERE id = $1`,
+		}, 2*time.Millisecond, stop)
 	}()
 	testkit.WaitBackfill(t, tgt, cfg.Name, 2, 3*time.Minute)
 	close(stop)
@@ -110,37 +87,7 @@ func testBackfillDirectCopy(t *testing.T, format, types, extra, fill string) {
 		t.Fatal(err)
 	}
 	testkit.WaitMark(t, tgt, 1, time.Minute)
-	q := `SELECT p::text FROM plain p ORDER BY id`
-	var diffs []string
-	sr, err := src.Query(ctx, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want []string
-	for sr.Next() {
-		v, _ := sr.Values()
-		want = append(want, fmt.Sprint(v))
-	}
-	tr, err := tgt.Query(ctx, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for tr.Next() {
-		v, _ := tr.Values()
-		got = append(got, fmt.Sprint(v))
-	}
-	if len(want) != len(got) {
-		diffs = append(diffs, fmt.Sprintf("%d rows on the source, %d on the target", len(want), len(got)))
-	}
-	for i := 0; i < len(want) && i < len(got) && len(diffs) < 5; i++ {
-		if want[i] != got[i] {
-			diffs = append(diffs, fmt.Sprintf("want %s\n got %s", want[i], got[i]))
-		}
-	}
-	if len(diffs) > 0 {
-		t.Fatalf("plain differs:\n%v", diffs)
-	}
+	testkit.SameTable(t, src, tgt, "plain", "id")
 	copied := testutil.ToFloat64(r.p.BackfillMetrics().Chunks.WithLabelValues("public.plain -> public.plain", "copy", format))
 	upserted := testutil.ToFloat64(r.p.BackfillMetrics().Chunks.WithLabelValues("public.plain -> public.plain", "upsert", format))
 	t.Logf("chunks in %s: %v by COPY, %v by staged upsert", format, copied, upserted)
