@@ -38,9 +38,6 @@ func (st *Staged) ResetBinary() {
 	st.binary = true
 }
 
-// Binary reports whether the buffer holds COPY binary data.
-func (st *Staged) Binary() bool { return st.binary }
-
 // AddBinaryRows stages rows already in COPY binary form (each a field
 // count and length-prefixed binary values), all upserts.
 func (st *Staged) AddBinaryRows(body []byte, rows int) {

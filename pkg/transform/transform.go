@@ -696,6 +696,7 @@ func (m *Mapping) Direct() (DirectCopy, bool) {
 	d.BySource = make([]string, len(m.Source))
 	for i, src := range d.Source {
 		if d.BySource[src] != "" {
+			d.BySource = nil
 			return d, true // a source column copied twice
 		}
 		d.BySource[src] = d.Columns[i]
