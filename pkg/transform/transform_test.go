@@ -116,3 +116,50 @@ func TestStatements(t *testing.T) {
 		t.Fatal("a tuple of the wrong width was accepted")
 	}
 }
+
+type extraCol struct {
+	oid uint32
+	typ string
+}
+
+// TestDirectBinary: rows travel in binary only when every source column
+// is copied unchanged to one target column and has a built-in type with
+// binary I/O; otherwise a pure copy still goes direct, in text.
+func TestDirectBinary(t *testing.T) {
+	col := func(name string, oid uint32, typ string) (SourceColumn, catalog.Column) {
+		return SourceColumn{Name: name, TypeOID: oid, BindType: typ, Identity: name == "id"}, catalog.Column{Name: name, TypeOID: oid, Type: typ, NotNull: name == "id"}
+	}
+	tests := []struct {
+		name           string
+		v              extraCol // a second column, v
+		tc             config.TableConfig
+		direct, binary bool
+	}{
+		{"built-in types", extraCol{1184, "timestamp with time zone"}, config.TableConfig{}, true, true},
+		{"built-in array", extraCol{1007, "integer[]"}, config.TableConfig{}, true, true},
+		{"user-defined type", extraCol{16500, "mood"}, config.TableConfig{}, true, false},
+		{"aclitem has no binary I/O", extraCol{1033, "aclitem"}, config.TableConfig{}, true, false},
+		{"a source column not copied", extraCol{25, "text"}, config.TableConfig{Drop: []string{"v"}}, true, false},
+		{"an expression", extraCol{25, "text"}, config.TableConfig{Columns: map[string]string{"v": "upper(v)"}}, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			idS, idT := col("id", 20, "bigint")
+			vS, vT := col("v", tt.v.oid, tt.v.typ)
+			src := []SourceColumn{idS, vS}
+			tgt := &catalog.Table{Schema: "public", Name: "t2", PrimaryKey: []string{"id"}, UniqueKeys: [][]string{{"id"}}, Columns: []catalog.Column{idT, vT}}
+			tt.tc.Source, tt.tc.Target = "public.t", "public.t2"
+			m, err := Compile("tables[0]", tt.tc, src, 'd', tgt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, ok := m.Direct()
+			if ok != tt.direct || d.Binary != tt.binary {
+				t.Fatalf("direct %v binary %v, want direct %v binary %v", ok, d.Binary, tt.direct, tt.binary)
+			}
+			if d.Binary && strings.Join(d.BySource, ",") != "id,v" {
+				t.Fatalf("BySource = %v", d.BySource)
+			}
+		})
+	}
+}
