@@ -60,8 +60,8 @@ func TestBackfillThrottleAndPause(t *testing.T) {
 	if now := testkit.BackfillCopied(ctx, tgt, "public.orders"); now != paused {
 		t.Fatalf("copied %d more rows while paused", now-paused)
 	}
-	post(t, ctl.URL+"?resume&rows_per_second=0&chunk_rows=5000")
-	if l := r.p.Backfill.Limits(); l.Paused || l.RowsPerSecond != 0 || l.ChunkRows != 5000 {
+	post(t, ctl.URL+"?resume&rows_per_second=0&chunk_rows=5000&chunk_bytes=4194304")
+	if l := r.p.Backfill.Limits(); l.Paused || l.RowsPerSecond != 0 || l.ChunkRows != 5000 || l.ChunkBytes != 4194304 {
 		t.Fatalf("limits after resume = %+v", l)
 	}
 	testkit.WaitBackfill(t, tgt, cfg.Name, 3, 2*time.Minute)
