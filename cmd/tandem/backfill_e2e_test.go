@@ -2,16 +2,22 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
+	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
+	"github.com/tandem-migrate/tandem/pkg/backfill"
 )
 
 // TestBackfillKillLoop kill -9s tandem again and again while it copies a
@@ -216,4 +222,76 @@ func killLoop(t *testing.T, cfg string, tgt *pgx.Conn, table string, done int64,
 		t.Fatalf("the copy of %s got to %d rows after only %d kills; slow it down so the test attacks it %d times", table, done, killed, kills)
 	}
 	return d, killed
+}
+
+// TestReloadLimits: SIGHUP re-reads the config file and applies the new
+// backfill limits to the running copy, keeping a pause set over HTTP; a
+// config that no longer loads is refused and the running limits stay.
+func TestReloadLimits(t *testing.T) {
+	ctx := context.Background()
+	env := testkit.Setup(t)
+	src := testkit.Connect(t, env.SourceDSN)
+	w := testkit.NewWorkload(src, 21)
+	if err := testkit.Seed(ctx, src, w, 20000); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
+	yaml := func(rate int, chunkBytes int) string {
+		return env.YAMLWithBackfill("reload", fmt.Sprintf("{enabled: true, chunk_rows: 500, chunk_bytes: %d, rows_per_second: %d}", chunkBytes, rate),
+			fmt.Sprintf("metrics: {listen: %q}\n", addr))
+	}
+	cfg := writeConfig(t, yaml(1000, 1<<20))
+	d := startDaemon(t, cfg)
+	limits := func() backfill.Limits {
+		t.Helper()
+		var l backfill.Limits
+		deadline := time.Now().Add(time.Minute)
+		for {
+			resp, err := http.Get("http://" + addr + "/backfill")
+			if err == nil {
+				err = json.NewDecoder(resp.Body).Decode(&l)
+				resp.Body.Close()
+				if err == nil {
+					return l
+				}
+			}
+			if derr := d.alive(); derr != nil || time.Now().After(deadline) {
+				t.Fatalf("GET /backfill: %v (daemon: %v)", err, derr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if l := limits(); l.RowsPerSecond != 1000 || l.ChunkBytes != 1<<20 {
+		t.Fatalf("limits at start = %+v", l)
+	}
+	resp, err := http.Post("http://"+addr+"/backfill?pause", "application/x-www-form-urlencoded", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	if err := os.WriteFile(cfg, []byte(yaml(2500, 1<<22)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, d, regexp.MustCompile("config reloaded"), 30*time.Second)
+	if l := limits(); l.RowsPerSecond != 2500 || l.ChunkBytes != 1<<22 || !l.Paused {
+		t.Fatalf("limits after reload = %+v, want 2500 rows/s, 4 MiB chunks, still paused", l)
+	}
+
+	if err := os.WriteFile(cfg, []byte("source: [not, a, map\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, d, regexp.MustCompile("config reload failed"), 30*time.Second)
+	if l := limits(); l.RowsPerSecond != 2500 || l.ChunkBytes != 1<<22 {
+		t.Fatalf("limits after a failed reload = %+v, want them kept", l)
+	}
+	if err := d.alive(); err != nil {
+		t.Fatal(err)
+	}
 }
