@@ -70,9 +70,11 @@ type bfImpact struct {
 	streamOnly                    pgbenchRun // tandem running, backfill off
 	cap                           float64
 	copiedDuring                  int64
-	window                        time.Duration
-	doneEarly                     bool
-	cpu, baseCPU                  bfCPU
+	// pairs are running/paused TPS ratios of adjacent windows.
+	pairs        []float64
+	window       time.Duration
+	doneEarly    bool
+	cpu, baseCPU bfCPU
 }
 
 func (i *bfImpact) baseline() float64 { return (i.baseBefore.tps + i.baseAfter.tps) / 2 }
@@ -235,8 +237,16 @@ const bfImpactScale = 10
 // would finish a second early).
 const bfImpactRate = 40000
 
-// bfImpactSeconds is pgbench's duration, -T.
+// bfImpactSeconds is pgbench's duration, -T, for the runs without the
+// backfill.
 const bfImpactSeconds = 20
+
+// bfImpactPairs windows of bfImpactPairSeconds with the backfill paused
+// and running alternate; the cap must leave rows for all of them.
+const (
+	bfImpactPairs       = 3
+	bfImpactPairSeconds = 6
+)
 
 // The impact phase runs twice. "shared cores" is the machine as it is: old
 // cluster, new cluster, tandem and pgbench on the same 2 cores, so the
@@ -288,6 +298,7 @@ func (e *bfEnv) impactPhase(b *testing.B, sum *bfSummary) {
 		b.ReportMetric(im.baseline(), "tps_alone_"+unit)
 		b.ReportMetric(im.during.tps, "tps_with_backfill_"+unit)
 		b.ReportMetric(im.ratio(), "tps_ratio_"+unit)
+		b.ReportMetric(median(im.pairs), "tps_ratio_paired_"+unit)
 	}
 }
 
@@ -329,7 +340,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 	}
 	// quiet waits for other people's load to pass first; never while the
 	// backfill runs, which is busy by design.
-	load := func(quiet bool, tandemPID int) (pgbenchRun, bfCPU, error) {
+	load := func(quiet bool, tandemPID int, seconds int) (pgbenchRun, bfCPU, error) {
 		if quiet {
 			e.waitQuiet()
 		}
@@ -338,7 +349,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 			pids = append(pids, tandemPID)
 		}
 		before := e.sampleCPU(pids...)
-		r, err := pgb.runPgbench(ctx, nil, "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(bfImpactSeconds))
+		r, err := pgb.runPgbench(ctx, nil, "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds))
 		return r, e.sampleCPU(pids...).since(before), err
 	}
 	printLoad := func(what string, r pgbenchRun, cpu bfCPU) {
@@ -350,7 +361,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 	if err := settle(); err != nil {
 		return nil, err
 	}
-	if im.baseBefore, im.baseCPU, err = load(true, 0); err != nil {
+	if im.baseBefore, im.baseCPU, err = load(true, 0, bfImpactSeconds); err != nil {
 		return nil, err
 	}
 	printLoad("pgbench alone (before)", im.baseBefore, im.baseCPU)
@@ -373,7 +384,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 		return nil, err
 	}
 	var streamCPU bfCPU
-	im.streamOnly, streamCPU, err = load(false, ts.pid())
+	im.streamOnly, streamCPU, err = load(false, ts.pid(), bfImpactSeconds)
 	err = errors.Join(err, ts.stop(), e.teardown(ctx, scfg))
 	if err != nil {
 		return nil, err
@@ -386,7 +397,11 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 	if err := settle(); err != nil {
 		return nil, err
 	}
-	o := bfRunOpts{Table: bfTable, Slot: "bf_impact_" + strings.ReplaceAll(mode.name, " ", "_"), ChunkRows: 20000, Workers: 2, RowsPerSecond: bfImpactRate}
+	addr, err := bfFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	o := bfRunOpts{Table: bfTable, Slot: "bf_impact_" + strings.ReplaceAll(mode.name, " ", "_"), ChunkRows: 20000, Workers: 2, RowsPerSecond: bfImpactRate, Metrics: addr}
 	t, cfg, err := e.startProcess(bin, o)
 	if err != nil {
 		return nil, err
@@ -411,19 +426,57 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 			return nil, err
 		}
 	}
-	start := time.Now()
-	if im.during, im.cpu, err = load(false, t.pid()); err != nil {
-		return nil, err
+	// Windows with the backfill running alternate with windows where it is
+	// paused over /backfill (the same tandem process, still streaming), so
+	// each pair sees the same machine; the pairs' median ratio is the
+	// backfill's own cost.
+	control := "http://" + o.Metrics + "/backfill"
+	var onTPS, onSecs float64
+	for k := 1; k <= bfImpactPairs; k++ {
+		if err := bfPost(ctx, control+"?pause"); err != nil {
+			return nil, err
+		}
+		time.Sleep(time.Second) // chunks already read land first
+		off, _, err := load(false, t.pid(), bfImpactPairSeconds)
+		if err != nil {
+			return nil, err
+		}
+		if err := bfPost(ctx, control+"?resume"); err != nil {
+			return nil, err
+		}
+		_, before, err := e.backfillState(ctx, cfg.Name)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		on, cpu, err := load(false, t.pid(), bfImpactPairSeconds)
+		if err != nil {
+			return nil, err
+		}
+		window := time.Since(start)
+		done, after, err := e.backfillState(ctx, cfg.Name)
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			fmt.Printf("[%s] pair %d dropped: the copy finished inside its window\n", mode.name, k)
+			im.doneEarly = true
+			break
+		}
+		im.pairs = append(im.pairs, on.tps/off.tps)
+		onTPS += on.tps
+		onSecs += window.Seconds()
+		im.copiedDuring += after - before
+		im.cpu = cpu
+		fmt.Printf("[%s] pair %d: backfill paused %.1f tps, running %.1f tps (%.0f rows/s copied): %.2f\n",
+			mode.name, k, off.tps, on.tps, float64(after-before)/window.Seconds(), on.tps/off.tps)
 	}
-	im.window = time.Since(start)
-	var copied1 int64
-	if im.doneEarly, copied1, err = e.backfillState(ctx, cfg.Name); err != nil {
-		return nil, err
+	if len(im.pairs) == 0 {
+		return nil, errors.New("the copy finished before a single pair of windows: raise the table size or lower the cap")
 	}
-	im.copiedDuring = copied1 - copied0
-	printLoad("pgbench with backfill", im.during, im.cpu)
-	fmt.Printf("    backfill copied %d rows in the window, %.0f rows/s%s\n", im.copiedDuring, float64(im.copiedDuring)/im.window.Seconds(),
-		map[bool]string{true: "; it finished before pgbench did", false: ""}[im.doneEarly])
+	im.during = pgbenchRun{tps: onTPS / float64(len(im.pairs))}
+	im.window = time.Duration(onSecs * float64(time.Second))
+	printLoad("pgbench with backfill (mean of pairs)", im.during, im.cpu)
 	if err := e.waitBackfill(ctx, cfg.Name, 5*time.Minute, t.alive, nil); err != nil {
 		return nil, err
 	}
@@ -442,7 +495,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 		return nil, err
 	}
 	var afterCPU bfCPU
-	if im.baseAfter, afterCPU, err = load(true, 0); err != nil {
+	if im.baseAfter, afterCPU, err = load(true, 0, bfImpactSeconds); err != nil {
 		return nil, err
 	}
 	printLoad("pgbench alone (after)", im.baseAfter, afterCPU)
@@ -557,10 +610,10 @@ func (s *bfSummary) print(w io.Writer) {
 		for _, im := range s.impact {
 			fmt.Fprintf(w, "  %s: alone %.1f tps (before %.1f, after %.1f); tandem with backfill off %.1f tps (%.2f); with backfill %.1f tps\n",
 				im.mode, im.baseline(), im.baseBefore.tps, im.baseAfter.tps, im.streamOnly.tps, im.streamOnly.tps/im.baseline(), im.during.tps)
-			off := im.during.tps / im.streamOnly.tps
-			fmt.Fprintf(w, "    ratio against pgbench alone %.2f (aim >= 0.90: %s); against tandem streaming with the backfill off %.2f (aim >= 0.90: %s); copy ran at %.0f rows/s%s\n",
-				im.ratio(), bfVerdict(im.ratio() >= 0.9), off, bfVerdict(off >= 0.9),
-				float64(im.copiedDuring)/im.window.Seconds(), map[bool]string{true: " but finished before the window closed", false: ""}[im.doneEarly])
+			paired := median(im.pairs)
+			fmt.Fprintf(w, "    against pgbench alone %.2f (aim >= 0.90: %s); against the backfill paused in the same tandem, adjacent windows: %s, median %.2f (aim >= 0.90: %s); copy ran at %.0f rows/s%s\n",
+				im.ratio(), bfVerdict(im.ratio() >= 0.9), fmtRatios(im.pairs), paired, bfVerdict(paired >= 0.9),
+				float64(im.copiedDuring)/im.window.Seconds(), map[bool]string{true: "; the copy finished early and the last pair was dropped", false: ""}[im.doneEarly])
 		}
 	}
 	if len(s.rss) > 0 {
@@ -577,11 +630,13 @@ func (s *bfSummary) print(w io.Writer) {
 }
 
 // pairedMedian is the median of the rounds' default-tandem/COPY ratios.
-func (s *bfSummary) pairedMedian() float64 {
-	if len(s.pairs) == 0 {
+func (s *bfSummary) pairedMedian() float64 { return median(s.pairs) }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
 		return 0
 	}
-	p := slices.Sorted(slices.Values(s.pairs))
+	p := slices.Sorted(slices.Values(v))
 	if len(p)%2 == 1 {
 		return p[len(p)/2]
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -418,6 +420,9 @@ type bfRunOpts struct {
 	RowsPerSecond float64
 	// StreamOnly runs tandem with the backfill off: the stream's own cost.
 	StreamOnly bool
+	// Metrics is the process's metrics listen address (with /backfill),
+	// empty for none.
+	Metrics string
 	// Profile, when set, is where a CPU profile of this process (which
 	// hosts the in-process pipeline) is written for the run.
 	Profile string
@@ -621,10 +626,11 @@ func (e *bfEnv) startProcess(bin string, o bfRunOpts) (*binaryTandem, *config.Co
 source: {dsn: %q, slot: %s, publication: %s}
 target: {dsn: %q}
 backfill: %s
+metrics: {listen: %q}
 log: {level: info}
 tables:
   - source: public.%s
-`, cfg.Name, cfg.Source.DSN, cfg.Source.Slot, cfg.Source.Publication, cfg.Target.DSN, backfill, o.Table)
+`, cfg.Name, cfg.Source.DSN, cfg.Source.Slot, cfg.Source.Publication, cfg.Target.DSN, backfill, o.Metrics, o.Table)
 	cfgPath := filepath.Join(e.dir, o.Slot+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		return nil, nil, fmt.Errorf("write tandem config: %w", err)
@@ -695,4 +701,31 @@ func (e *bfEnv) waitStreaming(ctx context.Context, slot string, alive func() err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// bfFreeAddr returns a loopback address nothing listens on now.
+func bfFreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// bfPost sends a control request to a running tandem.
+func bfPost(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", url, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST %s: %s", url, resp.Status)
+	}
+	return nil
 }

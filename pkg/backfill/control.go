@@ -41,11 +41,17 @@ func NewControl(l Limits) *Control {
 	return c
 }
 
+// limiter returns a token bucket that starts empty: a new limiter is made
+// at start, on every limit change and on every pause and resume, and a
+// full bucket would let the copy run a whole burst above its cap each time
+// (measured: 46k rows/s under a 40k cap when paused and resumed every 6s).
 func limiter(perSecond float64, burst int) *rate.Limiter {
 	if perSecond <= 0 {
 		return rate.NewLimiter(rate.Inf, 0)
 	}
-	return rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))
+	l := rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))
+	l.AllowN(time.Now(), l.Burst())
+	return l
 }
 
 // LimitsOf returns the limits a config asks for.

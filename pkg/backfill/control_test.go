@@ -1,9 +1,11 @@
 package backfill
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // TestControlHandler: POST /backfill changes the limits it names and
@@ -35,5 +37,21 @@ func TestControlHandler(t *testing.T) {
 				t.Fatalf("limits %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestLimiterStartsEmpty: a resume or a limit change must not let a
+// whole burst through above the cap at once.
+func TestLimiterStartsEmpty(t *testing.T) {
+	c := NewControl(Limits{ChunkRows: 100, ChunkBytes: 1 << 20, RowsPerSecond: 1000})
+	c.SetPaused(true)
+	c.SetPaused(false)
+	start := time.Now()
+	if err := c.spend(context.Background(), 500, 0); err != nil {
+		t.Fatal(err)
+	}
+	// 500 rows at 1000 rows/s: about half a second, not at once.
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("500 rows passed in %s right after a resume, want about 500ms at 1000 rows/s", d)
 	}
 }
