@@ -72,7 +72,7 @@ type Runner struct {
 type Watermark struct {
 	Migration string `json:"migration"`
 	Chunk     string `json:"chunk"`
-	Mark      string `json:"mark"` // "low" or "high"
+	Mark      string `json:"mark"` // "high" ("low" from older versions is ignored)
 }
 
 // ParseWatermark decodes a watermark written by migration name; ok is false
@@ -266,9 +266,10 @@ func (r *Runner) emit(ctx context.Context, conn *pgconn.PgConn, chunk, mark stri
 	return nil
 }
 
-// readChunk runs the DBLog steps for one chunk: low watermark, a short
-// keyset read, high watermark. The rows are handed to the tracker before
-// the high watermark exists, so the applier always finds them.
+// readChunk runs the steps for one chunk (see the package comment):
+// registration, a short keyset read, high watermark. The rows are handed
+// to the tracker before the high watermark exists, so the applier always
+// finds them.
 func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cursor, bound []string, limit int) (*Chunk, error) {
 	id := r.nextID()
 	c := &Chunk{ID: id, Job: j, Source: j.Mapping.SourceName}
@@ -276,9 +277,6 @@ func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cur
 	fail := func(err error) (*Chunk, error) {
 		r.Tracker.forget(id)
 		return nil, fmt.Errorf("backfill %s: %w", j.Name(), err)
-	}
-	if err := r.emit(ctx, conn, id, "low"); err != nil {
-		return fail(err)
 	}
 	maxBytes := r.Control.Limits().ChunkBytes
 	var params [][]byte

@@ -171,7 +171,7 @@ func (t *Tracker) SetKeys(source string, idx []int) {
 }
 
 // TouchChange records every key a stream change affects in tables that
-// have a chunk between its watermarks.
+// have a chunk registered and not yet applied.
 func (t *Tracker) TouchChange(c *change.Change) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -2,23 +2,41 @@
 // keyset chunks read while the stream runs, without a long transaction on
 // the old database.
 //
-// Correctness follows DBLog (Netflix, 2020). For each chunk a worker:
-//  1. commits a low watermark (a transactional logical decoding message),
-//  2. reads the chunk in its own short statement (its snapshot is taken
-//     after the low watermark committed),
-//  3. commits a high watermark (after the snapshot).
+// Correctness follows DBLog (Netflix, 2020), with the window opened
+// earlier than DBLog's low watermark. For each chunk a worker:
+//  1. registers the chunk with the tracker: from then on the applier
+//     records every key the stream changes in the chunk's table,
+//  2. reads the chunk in its own short statement,
+//  3. commits a high watermark (a transactional logical decoding message)
+//     after the read.
 //
-// The applier sees both watermarks in commit order. A stream change that
-// commits before the low watermark is visible to the chunk read, so the
-// chunk row is at least as new: writing it at the high watermark is right.
-// A change that commits after the high watermark is not visible to the read
-// and is applied after the chunk, so it wins. A change between the two may
-// or may not be visible; for its key the chunk row is dropped and the
-// stream's own changes, applied in order, decide the row. So no chunk can
-// overwrite a newer stream change, resurrect a row deleted before or during
-// its read, or lose an insert. Chunk rows are written in the same target
-// transaction as the high watermark's commit position and the chunk's
-// cursor, so a restart resumes after the last applied chunk.
+// Why not a low watermark: commit order in the WAL is not visibility
+// order. A transaction can write its commit record before the low
+// watermark's and still become visible only after the chunk read took its
+// snapshot; the stream delivers it before the low watermark, so a window
+// opened there misses it and the chunk's stale row wins (a deleted row
+// came back under load, seen in the kill -9 and under-writes tests). Any
+// transaction the read does not see commits after the read began, so the
+// applier processes it after the registration: recording from there
+// catches it.
+//
+// At the high watermark the applier writes the chunk minus every row whose
+// key the stream changed since the registration. A change the read did
+// not see is thereby never overwritten: it was applied already, or comes
+// after the high watermark and is applied after the chunk. A change the
+// read did see and that the applier processed before the registration is
+// older than the chunk row, which wins. Dropping a row the read did see
+// is harmless, because the stream applied that change (or, for an update
+// that left TOASTed values out, re-read the whole row from the source).
+// So no chunk overwrites a newer change, resurrects a deleted row, or
+// loses an insert. Chunk rows are written in the same target transaction
+// as the high watermark's commit position and the chunk's cursor, so a
+// restart resumes after the last applied chunk.
+//
+// One case is left: a transaction whose commit the applier processed
+// before the registration but which was still not visible when the read
+// took its snapshot, milliseconds later (its backend stalled between
+// flushing its commit record and leaving the process array).
 //
 // Keys on both paths are the text output of the same source columns, so
 // the stream and the snapshot canonicalise them identically.
@@ -71,11 +89,16 @@ func NewTracker() *Tracker {
 	return &Tracker{chunks: map[string]*Chunk{}, open: map[string][]*Chunk{}}
 }
 
+// register opens a chunk's window: from now on its table's changed keys
+// are recorded for it (see the package comment for why here).
 func (t *Tracker) register(c *Chunk) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.released = make(chan struct{})
+	c.touched = map[string]struct{}{}
 	t.chunks[c.ID] = c
+	t.open[c.Source] = append(t.open[c.Source], c)
+	t.nopen++
 }
 
 func (t *Tracker) setRows(id string, r *chunkRows, cursor []string, final bool) {
@@ -97,21 +120,7 @@ func (t *Tracker) forget(id string) {
 	}
 }
 
-// Low is called by the applier at a chunk's low watermark: from here on,
-// keys changed in its table are recorded.
-func (t *Tracker) Low(id string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c := t.chunks[id]
-	if c == nil || c.touched != nil {
-		return
-	}
-	c.touched = map[string]struct{}{}
-	t.open[c.Source] = append(t.open[c.Source], c)
-	t.nopen++
-}
-
-// Open reports whether any chunk is between its watermarks.
+// Open reports whether any chunk is registered and not yet applied.
 func (t *Tracker) Open() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -125,7 +134,7 @@ func (t *Tracker) High(id string) *Chunk {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := t.chunks[id]
-	if c == nil || c.touched == nil {
+	if c == nil {
 		return nil
 	}
 	delete(t.chunks, id)
@@ -168,9 +177,6 @@ func (c *Chunk) drop(hit func(row [][]byte) bool) {
 }
 
 func (t *Tracker) closeLocked(c *Chunk) {
-	if c.touched == nil {
-		return
-	}
 	list := t.open[c.Source]
 	for i, o := range list {
 		if o == c {

@@ -239,10 +239,7 @@ func (a *applier) onMessage(ctx context.Context, msg *change.Message) error {
 	if !ok || a.tracker == nil {
 		return nil
 	}
-	switch wm.Mark {
-	case "low":
-		a.tracker.Low(wm.Chunk)
-	case "high":
+	if wm.Mark == "high" {
 		if c := a.tracker.High(wm.Chunk); c != nil {
 			return a.applyChunk(ctx, c)
 		}
