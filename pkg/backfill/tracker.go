@@ -6,8 +6,7 @@
 // earlier than DBLog's low watermark. For each chunk a worker:
 //  1. registers the chunk with the tracker: from then on the applier
 //     records every key the stream changes in the chunk's table,
-//  2. reads the chunk in its own short REPEATABLE READ transaction, which
-//     also returns its snapshot,
+//  2. reads the chunk in its own short statement,
 //  3. commits a high watermark (a transactional logical decoding message)
 //     after the read.
 //
@@ -16,10 +15,10 @@
 // watermark's and still become visible only after the chunk read took its
 // snapshot; the stream delivers it before the low watermark, so a window
 // opened there misses it and the chunk's stale row wins (a deleted row
-// came back under load, seen in the kill -9 and under-writes tests). A
-// transaction the read does not see finishes its commit after the read
-// began, so the applier nearly always receives it after the registration:
-// recording from there catches it.
+// came back under load, seen in the kill -9 and under-writes tests). Any
+// transaction the read does not see commits after the read began, so the
+// applier processes it after the registration: recording from there
+// catches it.
 //
 // At the high watermark the applier writes the chunk minus every row whose
 // key the stream changed since the registration. A change the read did
@@ -34,12 +33,13 @@
 // as the high watermark's commit position and the chunk's cursor, so a
 // restart resumes after the last applied chunk.
 //
-// The exception is a transaction whose commit the stream delivered before
-// the registration but which was still not visible when the read took its
-// snapshot (its backend stalled between flushing its commit record and
-// leaving the process array). The applier remembers the XIDs it received;
-// if the read's snapshot counts one of them as in progress, the read is
-// taken again until it sees it.
+// One case needs more: a transaction whose commit the stream delivered
+// before the registration but which was still not visible when the read
+// took its snapshot (its backend stalled between flushing its commit
+// record and leaving the process array). The read runs in a REPEATABLE
+// READ transaction that also returns its snapshot; if a transaction the
+// snapshot counts as in progress was already streamed, the read is taken
+// again until it sees it.
 //
 // Keys on both paths are the text output of the same source columns, so
 // the stream and the snapshot canonicalise them identically.
