@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -290,27 +288,17 @@ func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cur
 	}
 	var read chunkRows
 	if bound != nil { // an empty table has no bound and nothing to read
-		sql := j.keyedQuery(cursor != nil, true, limit)
-		for attempt := 1; ; attempt++ {
-			var snap snapshot
-			var err error
-			read, snap, err = readRows(ctx, conn, j, sql, params, maxBytes)
-			if err != nil {
-				return fail(err)
-			}
-			if !r.Tracker.missedStreamed(snap) {
+		rr := conn.ExecParams(ctx, j.keyedQuery(cursor != nil, true, limit), params, nil, nil, j.resultFormats())
+		for rr.NextRow() {
+			read.add(j, rr.Values())
+			if read.bytes >= maxBytes {
+				// Close discards the rest as it arrives.
+				read.full = true
 				break
 			}
-			// The snapshot missed a commit the stream already delivered
-			// (see the package comment): read again once it is visible.
-			if attempt == maxReadAttempts {
-				return fail(fmt.Errorf("read chunk: a transaction already streamed stayed invisible to %d reads; retrying the copy from its last chunk", attempt))
-			}
-			select {
-			case <-ctx.Done():
-				return fail(ctx.Err())
-			case <-time.After(5 * time.Millisecond):
-			}
+		}
+		if _, err := rr.Close(); err != nil {
+			return fail(fmt.Errorf("read chunk: %w", err))
 		}
 	}
 	rows := read.rows
@@ -330,78 +318,6 @@ func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cur
 	r.Metrics.Bytes.WithLabelValues(j.Name()).Add(float64(read.bytes))
 	// The rows belong to the tracker (and then the applier) alone.
 	return &Chunk{ID: id, Job: j, Final: final, Cursor: next, Bytes: read.bytes, rowCount: len(rows), full: read.full, released: c.released}, nil
-}
-
-// maxReadAttempts bounds the re-reads of one chunk (5ms apart).
-const maxReadAttempts = 200
-
-// readRows reads one chunk in a REPEATABLE READ transaction that also
-// returns the XIDs its snapshot counts as in progress.
-func readRows(ctx context.Context, conn *pgconn.PgConn, j *Job, sql string, params [][]byte, maxBytes int64) (chunkRows, snapshot, error) {
-	var read chunkRows
-	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").ReadAll(); err != nil {
-		return read, snapshot{}, fmt.Errorf("begin chunk read: %w", err)
-	}
-	rollback := func(err error) (chunkRows, snapshot, error) {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK").ReadAll()
-		return read, snapshot{}, err
-	}
-	res := conn.ExecParams(ctx, "SELECT pg_current_snapshot()::text", nil, nil, nil, nil).Read()
-	if res.Err != nil || len(res.Rows) != 1 {
-		return rollback(fmt.Errorf("read chunk snapshot: %v", res.Err))
-	}
-	snap, err := parseSnapshot(string(res.Rows[0][0]))
-	if err != nil {
-		return rollback(err)
-	}
-	rr := conn.ExecParams(ctx, sql, params, nil, nil, j.resultFormats())
-	for rr.NextRow() {
-		read.add(j, rr.Values())
-		if read.bytes >= maxBytes {
-			// Close discards the rest as it arrives.
-			read.full = true
-			break
-		}
-	}
-	if _, err := rr.Close(); err != nil {
-		return rollback(fmt.Errorf("read chunk: %w", err))
-	}
-	if _, err := conn.Exec(ctx, "COMMIT").ReadAll(); err != nil {
-		return read, snapshot{}, fmt.Errorf("end chunk read: %w", err)
-	}
-	return read, snap, nil
-}
-
-// snapshot is what a read did not see, as the 32-bit XIDs the stream
-// carries: every XID from xmax on, and those in xip.
-type snapshot struct {
-	xmax uint32
-	xip  []uint32
-}
-
-// parseSnapshot parses pg_current_snapshot()'s "xmin:xmax:xip,...".
-func parseSnapshot(s string) (snapshot, error) {
-	var snap snapshot
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 {
-		return snap, fmt.Errorf("read chunk snapshot: unexpected %q", s)
-	}
-	xmax, err := strconv.ParseUint(parts[1], 10, 64)
-	if err != nil {
-		return snap, fmt.Errorf("read chunk snapshot %q: %w", s, err)
-	}
-	snap.xmax = uint32(xmax) // the epoch is not in the stream's XIDs
-	for _, f := range strings.Split(parts[2], ",") {
-		if f == "" {
-			continue
-		}
-		x, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return snap, fmt.Errorf("read chunk snapshot %q: %w", s, err)
-		}
-		snap.xip = append(snap.xip, uint32(x))
-	}
-	return snap, nil
 }
 
 // chunkRows collects a chunk read: text rows, or for a binary job the

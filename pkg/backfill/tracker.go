@@ -33,13 +33,10 @@
 // as the high watermark's commit position and the chunk's cursor, so a
 // restart resumes after the last applied chunk.
 //
-// One case needs more: a transaction whose commit the stream delivered
+// One case is left: a transaction whose commit the applier processed
 // before the registration but which was still not visible when the read
-// took its snapshot (its backend stalled between flushing its commit
-// record and leaving the process array). The read runs in a REPEATABLE
-// READ transaction that also returns its snapshot; if a transaction the
-// snapshot counts as in progress was already streamed, the read is taken
-// again until it sees it.
+// took its snapshot, milliseconds later (its backend stalled between
+// flushing its commit record and leaving the process array).
 //
 // Keys on both paths are the text output of the same source columns, so
 // the stream and the snapshot canonicalise them identically.
@@ -85,57 +82,11 @@ type Tracker struct {
 	open   map[string][]*Chunk // source table -> chunks between their watermarks
 	nopen  int
 	keys   map[string][]int // source table -> key column positions
-	// streamed holds the XIDs of the last streamedKeep transactions the
-	// applier received, ring in order, for the chunk reads' check.
-	streamed    map[uint32]struct{}
-	streamedLog []uint32
-	streamedAt  int
-	// newest is the highest XID streamed (in XID order, which wraps).
-	newest uint32
 }
-
-// streamedKeep bounds the XIDs remembered: a transaction stays invisible
-// after its commit was streamed only while its backend stalls, for
-// milliseconds; this many transactions take seconds at any rate.
-const streamedKeep = 1 << 16
 
 // NewTracker returns an empty tracker.
 func NewTracker() *Tracker {
-	return &Tracker{chunks: map[string]*Chunk{}, open: map[string][]*Chunk{}, streamed: map[uint32]struct{}{}}
-}
-
-// Streamed records that the applier received a transaction.
-func (t *Tracker) Streamed(xid uint32) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.streamedLog) < streamedKeep {
-		t.streamedLog = append(t.streamedLog, xid)
-	} else {
-		delete(t.streamed, t.streamedLog[t.streamedAt])
-		t.streamedLog[t.streamedAt] = xid
-		t.streamedAt = (t.streamedAt + 1) % streamedKeep
-	}
-	t.streamed[xid] = struct{}{}
-	if len(t.streamed) == 1 || int32(xid-t.newest) > 0 {
-		t.newest = xid
-	}
-}
-
-// missedStreamed reports whether a read's snapshot did not see a
-// transaction the applier already received: one from the snapshot's xmax
-// on, or one it lists as in progress.
-func (t *Tracker) missedStreamed(snap snapshot) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.streamed) > 0 && int32(t.newest-snap.xmax) >= 0 {
-		return true
-	}
-	for _, x := range snap.xip {
-		if _, ok := t.streamed[x]; ok {
-			return true
-		}
-	}
-	return false
+	return &Tracker{chunks: map[string]*Chunk{}, open: map[string][]*Chunk{}}
 }
 
 // register opens a chunk's window: from now on its table's changed keys

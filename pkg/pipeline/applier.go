@@ -200,9 +200,6 @@ func (a *applier) handle(ctx context.Context, ev any) error {
 	switch e := ev.(type) {
 	case *change.Begin:
 		a.inSrcTx = true
-		if a.tracker != nil {
-			a.tracker.Streamed(e.XID)
-		}
 		// Everything that committed before the checkpoint is on the target.
 		a.skip = e.FinalLSN < a.durable
 		if !a.skip && a.pending == 0 {
