@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tandem-migrate/tandem/pkg/pgcluster"
 )
 
 // BenchmarkBackfill is issue 3's acceptance for the backfill, measured in
@@ -397,10 +399,11 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 	if err := settle(); err != nil {
 		return nil, err
 	}
-	addr, err := bfFreeAddr()
+	port, err := pgcluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	o := bfRunOpts{Table: bfTable, Slot: "bf_impact_" + strings.ReplaceAll(mode.name, " ", "_"), ChunkRows: 20000, Workers: 2, RowsPerSecond: bfImpactRate, Metrics: addr}
 	t, cfg, err := e.startProcess(bin, o)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -701,16 +700,6 @@ func (e *bfEnv) waitStreaming(ctx context.Context, slot string, alive func() err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// bfFreeAddr returns a loopback address nothing listens on now.
-func bfFreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // bfPost sends a control request to a running tandem.

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -163,7 +162,7 @@ func (d *demo) start(ctx context.Context, stop context.CancelFunc) (*summary, er
 	if err := d.build(ctx); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := pgcluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -634,15 +633,6 @@ func (d *demo) cleanup() error {
 		fmt.Println("clusters stopped and removed")
 	}
 	return errors.Join(errs...)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func bytesText(b float64) string {

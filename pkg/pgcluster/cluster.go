@@ -175,7 +175,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	for attempt := 1; ; attempt++ {
 		c.port = opts.Port
 		if c.port == 0 {
-			if c.port, err = freePort(); err != nil {
+			if c.port, err = FreePort(); err != nil {
 				return nil, fmt.Errorf("pick port for cluster %q: %w", name, err)
 			}
 		}
@@ -514,7 +514,9 @@ func transientStartFailure(logged string) bool {
 		portConflict(logged)
 }
 
-func freePort() (int, error) {
+// FreePort returns a loopback TCP port nothing listens on at the moment
+// (another process may take it before the caller does).
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("listen on 127.0.0.1:0: %w", err)

@@ -108,7 +108,7 @@ func TestStartDefaults(t *testing.T) {
 
 func TestStartOptions(t *testing.T) {
 	t.Parallel()
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
