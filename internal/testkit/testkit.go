@@ -579,8 +579,8 @@ func BackfillCopied(ctx context.Context, tgt *pgx.Conn, table string) int64 {
 }
 
 // SameTable compares one table on both sides by an independent query: its
-// row count and a digest of every row's text in key order. It reports
-// both counts on a difference.
+// row count and a digest of every row's text in key order. On a
+// difference it reports both counts and the first differing rows.
 func SameTable(t testing.TB, src, tgt *pgx.Conn, table, orderBy string) {
 	t.Helper()
 	ident := pgx.Identifier{table}.Sanitize()
@@ -597,30 +597,9 @@ func SameTable(t testing.TB, src, tgt *pgx.Conn, table, orderBy string) {
 		return
 	}
 	// Only now read the rows themselves, to name the first differences.
-	rowsQ := fmt.Sprintf(`SELECT r::text FROM %s r ORDER BY %s`, ident, orderBy)
-	read := func(c *pgx.Conn) []string {
-		var out []string
-		rows, err := c.Query(context.Background(), rowsQ)
-		if err != nil {
-			t.Fatalf("read %s: %v", table, err)
-		}
-		for rows.Next() {
-			var s string
-			if err := rows.Scan(&s); err != nil {
-				t.Fatalf("read %s: %v", table, err)
-			}
-			out = append(out, s)
-		}
-		return out
-	}
-	ws, gs := read(src), read(tgt)
-	var diffs []string
-	for i := 0; i < len(ws) && i < len(gs) && len(diffs) < 5; i++ {
-		if ws[i] != gs[i] {
-			diffs = append(diffs, fmt.Sprintf("source %s\ntarget %s", ws[i], gs[i]))
-		}
-	}
-	t.Fatalf("%s differs: %d rows on the source, %d on the target; first differences in %s order:\n%s", table, wantN, gotN, orderBy, strings.Join(diffs, "\n"))
+	rows := fmt.Sprintf(`SELECT r::text FROM %s r ORDER BY %s`, ident, orderBy)
+	t.Fatalf("%s differs: %d rows on the source, %d on the target; first differences in %s order:\n%s",
+		table, wantN, gotN, orderBy, strings.Join(compareOne(t, src, tgt, rows, rows), "\n"))
 }
 
 // ChurnByKey runs random statements from ops, each taking a key in

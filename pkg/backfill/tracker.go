@@ -15,10 +15,10 @@
 // watermark's and still become visible only after the chunk read took its
 // snapshot; the stream delivers it before the low watermark, so a window
 // opened there misses it and the chunk's stale row wins (a deleted row
-// came back under load, seen in the kill -9 and under-writes tests). Any
-// transaction the read does not see commits after the read began, so the
-// applier processes it after the registration: recording from there
-// catches it.
+// came back under load, seen in the kill -9 and under-writes tests). A
+// transaction the read does not see finishes its commit after the read
+// began, so the applier nearly always receives it after the registration:
+// recording from there catches it (the exception is below).
 //
 // At the high watermark the applier writes the chunk minus every row whose
 // key the stream changed since the registration. A change the read did
