@@ -33,6 +33,9 @@ type Job struct {
 	// text parameters.
 	binary  bool
 	textSrc []int
+	// direct is the mapping's DirectCopy, computed once (ok in isDirect).
+	direct   transform.DirectCopy
+	isDirect bool
 }
 
 // Progress is a job's durable state on the target.
@@ -57,7 +60,8 @@ func NewJob(field string, src *catalog.Table, m *transform.Mapping, index int) (
 		return nil, fmt.Errorf("%s: %w", field, err)
 	}
 	j := &Job{Field: field, Source: src, Mapping: m, Key: key, keyIdx: idx, rowKeyIdx: idx, stage: fmt.Sprintf("tandem_stage_%d", index)}
-	if d, ok := m.Direct(); ok && d.Binary {
+	j.direct, j.isDirect = m.Direct()
+	if d := j.direct; j.isDirect && d.Binary {
 		j.binary = true
 		for _, i := range append(append([]int(nil), idx...), d.KeySrc...) {
 			if !slices.Contains(j.textSrc, i) {
@@ -71,6 +75,10 @@ func NewJob(field string, src *catalog.Table, m *transform.Mapping, index int) (
 	}
 	return j, nil
 }
+
+// Direct is the job's mapping's Direct, computed once for the job (the
+// mapping a job copies with does not change under it).
+func (j *Job) Direct() (transform.DirectCopy, bool) { return j.direct, j.isDirect }
 
 // Binary reports whether the job's chunk rows hold binary values.
 func (j *Job) Binary() bool { return j.binary }

@@ -297,7 +297,7 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 func (a *applier) copyDirect(ctx context.Context, c *backfill.Chunk, o sink.Origin) (bool, error) {
 	j, rows := c.Job, c.Rows
 	m := j.Mapping
-	d, ok := m.Direct()
+	d, ok := j.Direct()
 	if !ok || len(rows) == 0 {
 		return false, nil
 	}
