@@ -36,8 +36,10 @@ type Column struct {
 	FullType string
 	NotNull  bool
 	// Toastable columns can arrive as "unchanged TOAST" in an UPDATE.
-	Toastable  bool
-	Generated  bool
+	Toastable bool
+	Generated bool
+	// GenExpr is a generated column's expression, for messages.
+	GenExpr    string
 	HasDefault bool
 	// Identity is true when the column is part of the replica identity.
 	Identity bool
@@ -55,8 +57,13 @@ type Table struct {
 	// UniqueKeys lists the column sets of every valid, non-partial unique
 	// index (the primary key included).
 	UniqueKeys [][]string
-	// EstimatedRows is pg_class.reltuples (-1 when never analyzed).
+	// EstimatedRows is pg_class.reltuples (-1 when never analyzed), summed
+	// over the partitions of a partitioned table.
 	EstimatedRows int64
+	// Partitions counts the leaf partitions of a partitioned table (0 for
+	// a plain table).
+	Partitioned bool
+	Partitions  int
 }
 
 // QualifiedName is the table's name quoted for SQL.
@@ -115,16 +122,20 @@ func sameSet(a, b []string) bool {
 }
 
 const tableQuery = `
-SELECT c.oid, c.relreplident,
+SELECT c.oid, c.relreplident, c.relkind = 'p',
+       (SELECT count(*) FROM pg_partition_tree(c.oid) WHERE isleaf)::int,
        -- reltuples is -1 until the first ANALYZE; the live-tuple counter is kept without one.
-       COALESCE(NULLIF(c.reltuples, -1)::int8, (SELECT s.n_live_tup FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0)
+       (SELECT COALESCE(sum(COALESCE(NULLIF(l.reltuples, -1)::int8, (SELECT s.n_live_tup FROM pg_stat_user_tables s WHERE s.relid = l.oid), 0)), 0)::int8
+        FROM pg_class l WHERE (c.relkind <> 'p' AND l.oid = c.oid) OR l.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`
 
 const columnsQuery = `
 SELECT a.attname, a.atttypid, format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod),
-       a.attnotnull, t.typstorage <> 'p', a.attgenerated <> '', a.atthasdef
+       a.attnotnull, t.typstorage <> 'p', a.attgenerated <> '', a.atthasdef,
+       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) ELSE '' END
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum`
 
@@ -143,7 +154,7 @@ ORDER BY i.indisprimary DESC, i.indexrelid`
 func Load(ctx context.Context, q Querier, schema, name string) (*Table, error) {
 	t := &Table{Schema: schema, Name: name}
 	var ident string
-	err := q.QueryRow(ctx, tableQuery, schema, name).Scan(&t.OID, &ident, &t.EstimatedRows)
+	err := q.QueryRow(ctx, tableQuery, schema, name).Scan(&t.OID, &ident, &t.Partitioned, &t.Partitions, &t.EstimatedRows)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%s.%s: %w", schema, name, ErrNotFound)
 	}
@@ -158,7 +169,7 @@ func Load(ctx context.Context, q Querier, schema, name string) (*Table, error) {
 	}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type, &c.FullType, &c.NotNull, &c.Toastable, &c.Generated, &c.HasDefault); err != nil {
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type, &c.FullType, &c.NotNull, &c.Toastable, &c.Generated, &c.HasDefault, &c.GenExpr); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("columns of %s.%s: %w", schema, name, err)
 		}

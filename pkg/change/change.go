@@ -73,6 +73,11 @@ type Relation struct {
 	Schema, Name    string
 	ReplicaIdentity byte
 	Columns         []Column
+	// Leaf is set when a publication that does not publish via the root
+	// sent a partition's changes under the partition's own name: Leaf keeps
+	// that name, and Schema and Name are rewritten to the partitioned table
+	// the user configured, so every consumer sees one table.
+	Leaf string
 }
 
 // QualifiedName is schema.name, unquoted, as config files spell it.

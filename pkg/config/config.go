@@ -67,7 +67,16 @@ type ApplyConfig struct {
 	RetryMax time.Duration `mapstructure:"retry_max"`
 	// ShutdownTimeout bounds the final flush on SIGINT/SIGTERM.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// ReplicationRole is the session_replication_role of the sessions that
+	// write the new database: "replica" (default) applies the way
+	// PostgreSQL's own apply worker does, so foreign keys and ordinary
+	// triggers do not fire for replicated rows; "origin" lets them fire,
+	// for a target role that may not set the parameter.
+	ReplicationRole string `mapstructure:"session_replication_role"`
 }
+
+// Replica reports whether target sessions run as replicas (the default).
+func (a ApplyConfig) Replica() bool { return a.ReplicationRole != "origin" }
 
 type BackfillConfig struct {
 	Enabled *bool `mapstructure:"enabled"`
@@ -159,6 +168,9 @@ func (c *Config) ApplyDefaults() {
 	if c.Apply.ShutdownTimeout == 0 {
 		c.Apply.ShutdownTimeout = 10 * time.Second
 	}
+	if c.Apply.ReplicationRole == "" {
+		c.Apply.ReplicationRole = "replica"
+	}
 	if c.Backfill.ChunkRows == 0 {
 		c.Backfill.ChunkRows = 20000
 	}
@@ -221,24 +233,13 @@ func (c *Config) Validate() error {
 	default:
 		add("checkpoint.store", "%q is not one of target, file", c.Checkpoint.Store)
 	}
-	if c.Apply.BatchChanges < 1 || c.Apply.CommitChanges < 1 {
-		add("apply", "batch_changes and commit_changes must be positive")
+	switch c.Apply.ReplicationRole {
+	case "replica", "origin":
+	default:
+		add("apply.session_replication_role", "%q is not one of replica, origin", c.Apply.ReplicationRole)
 	}
-	if c.Backfill.ChunkRows < 1 {
-		add("backfill.chunk_rows", "must be at least 1, got %d", c.Backfill.ChunkRows)
-	}
-	if c.Backfill.ChunkBytes < 1 {
-		add("backfill.chunk_bytes", "must be at least 1 (bytes), got %d", c.Backfill.ChunkBytes)
-	}
-	if c.Backfill.Workers < 1 || c.Backfill.Workers > 64 {
-		add("backfill.workers", "must be between 1 and 64, got %d", c.Backfill.Workers)
-	}
-	if c.Backfill.RowsPerSecond < 0 || c.Backfill.BytesPerSecond < 0 {
-		add("backfill", "rows_per_second and bytes_per_second must not be negative (0 means no cap)")
-	}
-	if c.Verify.ChunkRows < 1 {
-		add("verify.chunk_rows", "must be at least 1, got %d", c.Verify.ChunkRows)
-	}
+	// Every duration and size field has a range (bounds.go).
+	c.checkBounds(add)
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:

@@ -30,6 +30,7 @@ type Stream struct {
 	Reconnects     prometheus.Counter
 	ApplyDuration  prometheus.Histogram
 	TruncatesTotal prometheus.Counter
+	Skipped        *prometheus.CounterVec
 }
 
 // NewRegistry returns a private registry with Go and process collectors.
@@ -67,6 +68,8 @@ func NewStream(reg prometheus.Registerer) *Stream {
 			Help: "Time to send and commit one target transaction's last batch.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		TruncatesTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_truncates_applied_total",
 			Help: "TRUNCATE messages applied."}),
+		Skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tandem_changes_skipped_total",
+			Help: "Row changes received and deliberately not applied, by source table and reason: not_configured (a table in the publication that no tables[] entry maps), already_applied (a transaction at or before the checkpoint, sent again after a restart)."}, []string{"table", "reason"}),
 	}
 	f(m.LagBytes)
 	f(m.LagSeconds)
@@ -80,6 +83,7 @@ func NewStream(reg prometheus.Registerer) *Stream {
 	f(m.Reconnects)
 	f(m.ApplyDuration)
 	f(m.TruncatesTotal)
+	f(m.Skipped)
 	return m
 }
 

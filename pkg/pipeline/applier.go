@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tandem-migrate/tandem/pkg/backfill"
-	"github.com/tandem-migrate/tandem/pkg/catalog"
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
@@ -34,7 +33,10 @@ type applier struct {
 
 	bySource map[string][]*Table
 	byOID    map[uint32][]*transform.Mapping
-	tracker  *backfill.Tracker
+	// configured maps each configured source table's OID to its name, to
+	// tell a renamed table from one outside the migration.
+	configured map[uint32]string
+	tracker    *backfill.Tracker
 
 	durable   change.LSN // committed on the target
 	pending   change.LSN // end of the last source commit in the open target tx
@@ -72,15 +74,17 @@ func (a *applier) addGroup(m *transform.Mapping, stage string) {
 func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoint.Store, dec *decoder.Decoder, pos change.LSN, groupable map[*transform.Mapping]bool) *applier {
 	a := &applier{
 		p: p, log: p.base.With("component", "applier"), cfg: p.cfg, src: src, dec: dec,
-		sink:     sink.NewPGSink(tgt, store, p.cfg.Apply.BatchChanges, p.base.With("component", "sink")),
-		bySource: map[string][]*Table{},
-		byOID:    map[uint32][]*transform.Mapping{},
-		durable:  pos,
-		counters: map[string]prometheus.Counter{},
+		sink:       sink.NewPGSink(tgt, store, p.cfg.Apply.BatchChanges, p.base.With("component", "sink")),
+		bySource:   map[string][]*Table{},
+		byOID:      map[uint32][]*transform.Mapping{},
+		configured: map[uint32]string{},
+		durable:    pos,
+		counters:   map[string]prometheus.Counter{},
 	}
 	a.groups = map[*transform.Mapping]*sink.Group{}
 	for i, t := range tables {
 		a.bySource[t.Source.String()] = append(a.bySource[t.Source.String()], t)
+		a.configured[t.Source.OID] = t.Source.String()
 		if groupable[t.Mapping] {
 			a.addGroup(t.Mapping, fmt.Sprintf("tandem_apply_%d", i))
 		}
@@ -217,6 +221,9 @@ func (a *applier) handle(ctx context.Context, ev any) error {
 		return a.onRelation(ctx, e)
 	case *change.Change:
 		if a.skip {
+			if e.Rel != nil {
+				a.skipped(e.Rel.QualifiedName(), skipAlreadyApplied)
+			}
 			return nil
 		}
 		return a.onChange(ctx, e)
@@ -469,7 +476,10 @@ func (a *applier) onChange(ctx context.Context, c *change.Change) error {
 func (a *applier) onChangeMapped(ctx context.Context, c *change.Change, count bool) error {
 	maps, ok := a.byOID[c.Rel.OID]
 	if !ok {
-		return nil // a table in the publication we were not asked to move
+		if count {
+			a.skipped(c.Rel.QualifiedName(), skipNotConfigured)
+		}
+		return nil
 	}
 	for _, m := range maps {
 		if g := a.groups[m]; g != nil {
@@ -514,7 +524,17 @@ func (a *applier) onChangeMapped(ctx context.Context, c *change.Change, count bo
 func (a *applier) onTruncate(ctx context.Context, c *change.Change) error {
 	var targets []string
 	for _, rel := range c.Truncated {
-		for _, m := range a.byOID[rel.OID] {
+		maps, ok := a.byOID[rel.OID]
+		if !ok {
+			a.skipped(rel.QualifiedName(), skipNotConfigured)
+			continue
+		}
+		if rel.Leaf != "" {
+			// The new table holds every partition's rows; emptying it would
+			// delete the other partitions' rows too.
+			return &FatalError{Err: fmt.Errorf("TRUNCATE of partition %s of %s cannot be applied: the new table holds the rows of every partition. The stream cannot go past it: run tandem teardown, empty the new tables and start again (the backfill copies the rows as they are now); while migrating, empty one partition with DELETE, not TRUNCATE", rel.Leaf, rel.QualifiedName())}
+		}
+		for _, m := range maps {
 			targets = append(targets, m.Target.QualifiedName())
 		}
 	}
@@ -537,90 +557,4 @@ func classifyApply(err error) error {
 		return err
 	}
 	return &FatalError{Err: err}
-}
-
-// onRelation binds a relation OID to its mappings. When the source table's
-// shape differs from the one planned at startup (a column added or changed
-// on the old database), the mapping is compiled again from the Relation
-// message and type-checked on the target; if it no longer applies, the
-// daemon stops with the reason rather than write wrong rows.
-func (a *applier) onRelation(ctx context.Context, rel *change.Relation) error {
-	tables := a.bySource[rel.QualifiedName()]
-	if len(tables) == 0 {
-		return nil
-	}
-	var maps []*transform.Mapping
-	for _, t := range tables {
-		if sameShape(t.Mapping.Source, rel) {
-			maps = append(maps, t.Mapping)
-			continue
-		}
-		m, err := a.recompile(ctx, t, rel)
-		if err != nil {
-			return &FatalError{Err: fmt.Errorf("source table %s changed shape and the mapping to %s no longer applies: %w; adjust the config (or the new schema) and restart", rel.QualifiedName(), t.Config.Target, err)}
-		}
-		a.log.Info("source table changed shape; mapping recompiled", "table", rel.QualifiedName(), "columns", len(rel.Columns))
-		if g := a.groups[t.Mapping]; g != nil {
-			delete(a.groups, t.Mapping)
-			a.addGroup(m, g.Stage)
-		}
-		t.Mapping = m
-		maps = append(maps, m)
-	}
-	a.byOID[rel.OID] = maps
-	return nil
-}
-
-func sameShape(cols []transform.SourceColumn, rel *change.Relation) bool {
-	if len(cols) != len(rel.Columns) {
-		return false
-	}
-	for i, c := range rel.Columns {
-		if cols[i].Name != c.Name || cols[i].TypeOID != c.TypeOID {
-			return false
-		}
-	}
-	return true
-}
-
-func (a *applier) recompile(ctx context.Context, t *Table, rel *change.Relation) (*transform.Mapping, error) {
-	// Changes held so far were built for the old shape; send them before
-	// the target connection is used for catalog work.
-	if err := a.flushGroups(ctx); err != nil {
-		return nil, err
-	}
-	if err := a.sink.Flush(ctx); err != nil {
-		return nil, err
-	}
-	oids := make([]uint32, len(rel.Columns))
-	for i, c := range rel.Columns {
-		oids[i] = c.TypeOID
-	}
-	types, err := catalog.LookupTypes(ctx, a.src, oids)
-	if err != nil {
-		return nil, err
-	}
-	cols, err := transform.SourceFromRelation(rel, types)
-	if err != nil {
-		return nil, err
-	}
-	tgt := a.sink.Conn()
-	if err := transform.ResolveBindTypes(ctx, tgt, cols); err != nil {
-		return nil, err
-	}
-	ts, tn, _ := config.SplitQualified(t.Config.Target)
-	tt, err := catalog.Load(ctx, tgt, ts, tn)
-	if err != nil {
-		return nil, err
-	}
-	m, err := transform.Compile(t.Field, t.Config, cols, rel.ReplicaIdentity, tt)
-	if err != nil {
-		return nil, err
-	}
-	// Preparing inside the open transaction is safe: if it fails the
-	// daemon stops and the transaction is rolled back anyway.
-	if err := m.Check(ctx, tgt, t.Field); err != nil {
-		return nil, err
-	}
-	return m, nil
 }

@@ -109,13 +109,13 @@ func TestBackfillNeedsAKey(t *testing.T) {
 	cfg.Tables = []config.TableConfig{{Source: "public.nokey", Target: "public.nokey"}}
 	on := true
 	cfg.Backfill.Enabled = &on
-	err := pipeline.Preflight(ctx, cfg)
+	_, err := pipeline.Preflight(ctx, cfg)
 	if err == nil || !strings.Contains(err.Error(), "public.nokey") || !strings.Contains(err.Error(), "primary key") {
 		t.Fatalf("want a refusal naming public.nokey and the primary key fix, got %v", err)
 	}
 	off := false
 	cfg.Backfill.Enabled = &off
-	if err := pipeline.Preflight(ctx, cfg); err != nil {
+	if _, err := pipeline.Preflight(ctx, cfg); err != nil {
 		t.Fatalf("stream-only needs no source key with REPLICA IDENTITY FULL: %v", err)
 	}
 }

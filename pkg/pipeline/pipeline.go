@@ -132,6 +132,9 @@ func (p *Pipeline) runOnce(ctx context.Context) error {
 		return err
 	}
 	defer tgt.Close(context.Background())
+	if err := prepareTarget(ctx, tgt, cfg.Apply); err != nil {
+		return err
+	}
 
 	tables, err := Plan(ctx, cfg, src, tgt)
 	if err != nil {

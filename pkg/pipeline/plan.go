@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -62,6 +64,9 @@ func planTable(ctx context.Context, field string, tc config.TableConfig, src, tg
 	if err != nil {
 		return nil, fmt.Errorf("%s.target: %w", field, err)
 	}
+	if err := errors.Join(checkSourceGenerated(field, tc, st, tt), checkPartitionIdentity(ctx, src, field, st)); err != nil {
+		return nil, err
+	}
 	cols := transform.SourceFromCatalog(st)
 	if err := transform.ResolveBindTypes(ctx, tgt, cols); err != nil {
 		return nil, fmt.Errorf("%s: %w", field, err)
@@ -112,4 +117,105 @@ func Groupable(ctx context.Context, tgt *pgx.Conn, tables []*Table) (map[*transf
 		out[t.Mapping] = t.Mapping.Groupable() && !linked[t.Mapping.Target.OID]
 	}
 	return out, nil
+}
+
+// checkSourceGenerated refuses a mapping that needs a generated source
+// column: PostgreSQL does not send generated columns in the stream (before
+// version 18), so a new column fed from one would be right after the
+// backfill and stale after the first UPDATE. The fix is to compute it on
+// the new side, from the columns it is generated from.
+func checkSourceGenerated(field string, tc config.TableConfig, st, tt *catalog.Table) error {
+	var errs []error
+	for _, c := range st.Columns {
+		if !c.Generated {
+			continue
+		}
+		for _, col := range sortedKeys(tc.Columns) {
+			if slices.Contains(transform.References(tc.Columns[col]), c.Name) {
+				errs = append(errs, &transform.Error{Field: field + ".columns." + col, Msg: fmt.Sprintf(
+					"expression %q uses source column %s, which is generated (%s); PostgreSQL does not send generated columns in the stream, so write the expression over the columns it is computed from",
+					tc.Columns[col], c.Name, c.GenExpr)})
+			}
+		}
+		if _, mapped := tc.Columns[c.Name]; mapped {
+			continue
+		}
+		if tcol := tt.Column(c.Name); tcol != nil && !tcol.Generated {
+			errs = append(errs, &transform.Error{Field: field + ".columns." + c.Name, Msg: fmt.Sprintf(
+				"source column %s.%s is generated (GENERATED ALWAYS AS (%s) STORED) and PostgreSQL does not send generated columns in the stream, so %s.%s would not follow updates: map it with its expression (columns: {%s: %q}) or make it a generated column on the new table too",
+				tc.Source, c.Name, c.GenExpr, tc.Target, c.Name, c.Name, c.GenExpr)})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkPartitionIdentity: each partition logs its own replica identity, and
+// an UPDATE or DELETE on a partition whose identity differs from what the
+// mapping was compiled for would not carry the columns it needs.
+func checkPartitionIdentity(ctx context.Context, src *pgx.Conn, field string, st *catalog.Table) error {
+	if !st.Partitioned {
+		return nil
+	}
+	rows, err := src.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) FROM pg_partition_tree($1::oid) p
+		JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.isleaf AND c.relreplident <> $2::"char" ORDER BY 1`, st.OID, string(st.ReplicaIdentity))
+	if err != nil {
+		return fmt.Errorf("%s.source: replica identity of the partitions of %s: %w", field, st, err)
+	}
+	odd, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("%s.source: replica identity of the partitions of %s: %w", field, st, err)
+	}
+	if len(odd) == 0 {
+		return nil
+	}
+	return &transform.Error{Field: field + ".source", Msg: fmt.Sprintf(
+		"partitions %s of %s have a replica identity other than the table's (%s), so their updates and deletes would not carry the same columns: give each the same one (ALTER TABLE <partition> REPLICA IDENTITY ...)",
+		strings.Join(odd, ", "), st, identityName(st.ReplicaIdentity))}
+}
+
+func identityName(b byte) string {
+	switch b {
+	case 'd':
+		return "DEFAULT"
+	case 'f':
+		return "FULL"
+	case 'i':
+		return "USING INDEX"
+	}
+	return "NOTHING"
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Describe says, for validate and the start-up log, what tandem found in
+// the mapped tables that changes how it applies them.
+func Describe(tables []*Table) []string {
+	var out []string
+	for _, t := range tables {
+		if t.Source.Partitioned {
+			out = append(out, fmt.Sprintf("%s: source %s is partitioned (%d partitions); the publication sends its changes under %s (publish_via_partition_root), partitions attached later included, and a row moved between partitions stays one row",
+				t.Field, t.Source, t.Source.Partitions, t.Source))
+		}
+		if tt := t.Mapping.Target; tt.Partitioned {
+			out = append(out, fmt.Sprintf("%s: target %s is partitioned (%d partitions); rows are routed by the new database", t.Field, tt, tt.Partitions))
+		}
+		var generated []string
+		for _, c := range t.Mapping.Target.Columns {
+			if c.Generated {
+				generated = append(generated, c.Name)
+			}
+		}
+		if len(generated) > 0 {
+			out = append(out, fmt.Sprintf("%s: generated column(s) %s of %s are left to the new database", t.Field, strings.Join(generated, ", "), t.Mapping.Target))
+		}
+	}
+	return out
 }

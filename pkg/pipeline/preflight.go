@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,8 +16,9 @@ import (
 // Preflight checks everything `tandem run` needs without writing anything:
 // both databases reachable, logical decoding possible on the source, a
 // replication role, a free slot, and every table mapping planned and
-// type-checked. It returns every problem, each with its fix.
-func Preflight(ctx context.Context, cfg *config.Config) error {
+// type-checked. It returns every problem, each with its fix, and notes on
+// what it found that shapes how tables are applied (see Describe).
+func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var errs []error
@@ -33,13 +35,60 @@ func Preflight(ctx context.Context, cfg *config.Config) error {
 		defer tgt.Close(context.Background())
 	}
 	if src == nil || tgt == nil {
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
 	errs = append(errs, sourceChecks(ctx, cfg, src)...)
-	if _, err := Plan(ctx, cfg, src, tgt); err != nil {
+	tables, err := Plan(ctx, cfg, src, tgt)
+	if err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	if err := targetChecks(ctx, cfg, tgt, tables); err != nil {
+		errs = append(errs, err)
+	}
+	return Describe(tables), errors.Join(errs...)
+}
+
+// targetChecks makes sure rows can land in the new schema in the order
+// they arrive: either the sessions run as replicas (foreign keys and
+// ordinary triggers off, as for PostgreSQL's own apply worker), or no
+// foreign key links the mapped tables.
+func targetChecks(ctx context.Context, cfg *config.Config, tgt *pgx.Conn, tables []*Table) error {
+	fks, err := foreignKeys(ctx, tgt, tables)
+	if err != nil {
+		return err
+	}
+	if !cfg.Apply.Replica() {
+		if len(fks) == 0 {
+			return nil
+		}
+		return fmt.Errorf("apply.session_replication_role: origin leaves the new schema's foreign keys on, and these link mapped tables, so rows that arrive before their parents (copied and streamed rows interleave) would be refused: %s; use replica (the default) or drop these foreign keys until cutover", strings.Join(fks, "; "))
+	}
+	err = checkReplicaRole(ctx, tgt)
+	if err != nil && len(fks) > 0 {
+		err = fmt.Errorf("%w. Without it these foreign keys would refuse rows that arrive before their parents: %s", err, strings.Join(fks, "; "))
+	}
+	return err
+}
+
+// foreignKeys lists the new schema's foreign keys among mapped tables.
+func foreignKeys(ctx context.Context, tgt *pgx.Conn, tables []*Table) ([]string, error) {
+	var oids []uint32
+	for _, t := range tables {
+		oids = append(oids, t.Mapping.Target.OID)
+	}
+	if len(oids) == 0 {
+		return nil, nil
+	}
+	rows, err := tgt.Query(ctx, `SELECT format('%s on %s -> %s', quote_ident(conname), conrelid::regclass, confrelid::regclass)
+		FROM pg_constraint WHERE contype = 'f' AND conrelid = ANY($1) AND confrelid = ANY($1) AND conparentid = 0 ORDER BY 1`, oids)
+	if err != nil {
+		return nil, fmt.Errorf("target: foreign keys among mapped tables: %w", err)
+	}
+	fks, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("target: foreign keys among mapped tables: %w", err)
+	}
+	return fks, nil
 }
 
 func sourceChecks(ctx context.Context, cfg *config.Config, src *pgx.Conn) []error {

@@ -150,6 +150,12 @@ func (s *PGSink) statement(ctx context.Context, sql string) (string, error) {
 func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Origin) error {
 	name, err := s.statement(ctx, st.SQL)
 	if err != nil {
+		// A failure of the batch sent to free the connection already names
+		// its own statement; only a failed PREPARE is this change's.
+		var ae *ApplyError
+		if errors.As(err, &ae) {
+			return err
+		}
 		return &ApplyError{Origin: o, Err: err}
 	}
 	s.begin()

@@ -9,11 +9,16 @@ import (
 )
 
 // SourceFromCatalog describes the source row from the source catalog, as at
-// startup before any Relation message has arrived.
+// startup before any Relation message has arrived. Generated columns are
+// left out: pgoutput does not send them (before PostgreSQL 18), so the
+// backfill, verify and the stream all see the same row.
 func SourceFromCatalog(t *catalog.Table) []SourceColumn {
-	out := make([]SourceColumn, len(t.Columns))
-	for i, c := range t.Columns {
-		out[i] = SourceColumn{Name: c.Name, TypeOID: c.TypeOID, BindType: c.Type, Toastable: c.Toastable, Identity: c.Identity}
+	out := make([]SourceColumn, 0, len(t.Columns))
+	for _, c := range t.Columns {
+		if c.Generated {
+			continue
+		}
+		out = append(out, SourceColumn{Name: c.Name, TypeOID: c.TypeOID, BindType: c.Type, Toastable: c.Toastable, Identity: c.Identity})
 	}
 	return out
 }

@@ -1,0 +1,74 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tandem-migrate/tandem/pkg/config"
+)
+
+// prepareTarget readies a session that writes the new database.
+//
+// Durability: the slot is confirmed as soon as a target COMMIT returns, so
+// that COMMIT must mean "flushed". A new database run with
+// synchronous_commit = off (common while it is bulk-loaded) acknowledges
+// before the WAL is on disk; a crash then loses transactions the old
+// database was told it may forget. tandem raises only "off" (to "on", which
+// also waits for synchronous standbys where there are any): every other
+// value already flushes locally and is the user's choice.
+//
+// Replica role: rows arrive in the old database's commit order and chunks
+// interleave with the stream, so foreign keys on the new schema would
+// refuse a child whose parent's chunk is not copied yet, and ordinary
+// triggers (last_update, search vectors) would rewrite copied values.
+// PostgreSQL's own apply worker runs as a replica for the same reasons.
+func prepareTarget(ctx context.Context, conn *pgx.Conn, apply config.ApplyConfig) error {
+	var sc string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&sc); err != nil {
+		return fmt.Errorf("target: read synchronous_commit: %w", err)
+	}
+	if sc == "off" {
+		if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+			return fmt.Errorf("target: SET synchronous_commit = on: %w", err)
+		}
+	}
+	if apply.Replica() {
+		if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+			if isPermissionDenied(err) {
+				return &FatalError{Err: replicaRoleError(err)}
+			}
+			return fmt.Errorf("target: SET session_replication_role = replica: %w", err)
+		}
+	}
+	return nil
+}
+
+func isPermissionDenied(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42501"
+}
+
+func replicaRoleError(err error) error {
+	return fmt.Errorf("target: the role writing the new database may not set session_replication_role (%v), which tandem needs so that foreign keys and triggers of the new schema do not fire for copied rows: run GRANT SET ON PARAMETER session_replication_role TO <target user> (PostgreSQL 15+; on managed services grant the admin role), or use a superuser, or set apply.session_replication_role: origin if the new schema has no foreign keys among the mapped tables", err)
+}
+
+// checkReplicaRole tries the setting inside a transaction that is rolled
+// back, so validate learns exactly what run would, and changes nothing.
+func checkReplicaRole(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		if isPermissionDenied(err) {
+			return replicaRoleError(err)
+		}
+		return fmt.Errorf("target: SET session_replication_role = replica: %w", err)
+	}
+	return nil
+}
