@@ -85,8 +85,12 @@ func runCmd(cfgPath *string) *cobra.Command {
 		Short: "Stream changes from the old database into the new schema until stopped",
 		RunE: withConfig(cfgPath, 0, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 			log := newLogger(cfg)
-			if err := pipeline.Preflight(ctx, cfg); err != nil {
+			notes, err := pipeline.Preflight(ctx, cfg)
+			if err != nil {
 				return fmt.Errorf("preflight failed, nothing was written:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+			}
+			for _, n := range notes {
+				log.Info(n)
 			}
 			reg := metrics.NewRegistry()
 			p := pipeline.New(cfg, log, reg)
@@ -234,7 +238,11 @@ func validateCmd(cfgPath *string) *cobra.Command {
 		Use:   "validate",
 		Short: "Check the config against both databases without writing anything",
 		RunE: withConfig(cfgPath, 0, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
-			if err := pipeline.Preflight(ctx, cfg); err != nil {
+			notes, err := pipeline.Preflight(ctx, cfg)
+			for _, n := range notes {
+				fmt.Fprintln(cmd.OutOrStdout(), "note: "+n)
+			}
+			if err != nil {
 				return fmt.Errorf("validation failed:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d table(s) mapped, source and target ready\n", len(cfg.Tables))
