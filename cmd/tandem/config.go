@@ -46,10 +46,13 @@ func loadConfig(path string) (*config.Config, error) {
 	var cfg config.Config
 	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
-			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.DecodeHookFuncType(durationHook),
 			mapstructure.StringToSliceHookFunc(","),
 		)
 	})
+	if lines := durationErrors(err); len(lines) > 0 {
+		return nil, fmt.Errorf("config %s:\n  %s", path, strings.Join(lines, "\n  "))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %s (check the field names against configs/example.yaml)", path, oneLine(err.Error()))
 	}

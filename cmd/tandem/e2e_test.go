@@ -465,6 +465,15 @@ func TestBadInputs(t *testing.T) {
 		return "tables:\n  - source: public.events\n    target: public.events_v2\n    filter: \"tenant_id <> 0\"\n    columns: " + columns + "\n"
 	}
 	src, tgt := env.SourceDSN, env.TargetDSN
+	// withSection swaps the backfill section, or adds another, to a config
+	// that is otherwise fine.
+	withSection := func(section string) string {
+		base := config(src, tgt, orders("customer_id"))
+		if strings.HasPrefix(section, "backfill:") {
+			return strings.Replace(base, "backfill: {enabled: false}\n", section, 1)
+		}
+		return base + section
+	}
 
 	cases := []struct {
 		name string
@@ -493,6 +502,18 @@ func TestBadInputs(t *testing.T) {
 			[]string{"source.dsn", "cannot connect", strconv.Itoa(down)}},
 		{"unreachable target", config(src, downDSN, orders("customer_id")),
 			[]string{"target.dsn", "cannot connect", strconv.Itoa(down)}},
+		{"duration without a unit", withSection("apply: {retry_max: 30}\n"),
+			[]string{`apply.retry_max: "30" has no unit; write 1s, 500ms or 2m`}},
+		{"backfill duration without a unit", withSection("backfill: {enabled: false, throttle_check_interval: 1}\n"),
+			[]string{`backfill.throttle_check_interval: "1" has no unit; write 1s, 500ms or 2m`}},
+		{"quoted duration without a unit", withSection("backfill: {enabled: false, max_lag: \"30\"}\n"),
+			[]string{`backfill.max_lag: "30" has no unit`}},
+		{"duration out of bounds", withSection("apply: {commit_interval: 1h}\n"),
+			[]string{"apply.commit_interval: must be between 1ms and 1m, got 1h"}},
+		{"retry_min above retry_max", withSection("apply: {retry_min: 1m, retry_max: 30s}\n"),
+			[]string{"apply.retry_min: 1m is more than apply.retry_max (30s)"}},
+		{"chunk_bytes too small", withSection("backfill: {enabled: false, chunk_bytes: 1000}\n"),
+			[]string{"backfill.chunk_bytes: must be between 65536 (64 KiB) and 1073741824 (1 GiB), got 1000"}},
 	}
 
 	conns := map[string]*pgx.Conn{
