@@ -5,12 +5,25 @@ BIN       := bin/tandem
 # Extra flags for the test targets, e.g. `make test TESTFLAGS=-v`.
 TESTFLAGS ?=
 
-.PHONY: all build test test-short bench bench-deps demo vet lint clean
+# What `tandem version` and tandem_build_info report. A release sets
+# VERSION (make build VERSION=v1.2.0); the defaults describe the checkout.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+VERSION_PKG := github.com/tandem-migrate/tandem/internal/version
+LDFLAGS   := -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMIT) -X $(VERSION_PKG).date=$(DATE)
+# The container image `make image` builds (needs a Docker engine).
+IMAGE     ?= tandem:$(VERSION)
+
+.PHONY: all build image test test-short bench bench-deps demo vet lint clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/tandem
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tandem
+
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) -t $(IMAGE) .
 
 # Integration tests start real throwaway PostgreSQL clusters (pkg/pgcluster),
 # hence the generous timeout. -count=1 because cached results would hide

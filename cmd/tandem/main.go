@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tandem-migrate/tandem/internal/version"
 	"github.com/tandem-migrate/tandem/pkg/backfill"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
@@ -47,7 +48,9 @@ func main() {
 	}
 	var cfgPath string
 	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "", "migration config file (YAML)")
-	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath))
+	root.Version = version.Get().String()
+	root.SetVersionTemplate("tandem {{.Version}}\n")
+	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd())
 	if err := root.Execute(); err != nil {
 		code := 1
 		var ee *exitError
@@ -92,18 +95,17 @@ func runCmd(cfgPath *string) *cobra.Command {
 			for _, n := range notes {
 				log.Info(n)
 			}
-			reg := metrics.NewRegistry()
-			p := pipeline.New(cfg, log, reg)
+			e, err := newEngine(cfg, log)
+			if err != nil {
+				return err
+			}
+			reg, p := e.reg, e.pipeline
 			g, gctx := errgroup.WithContext(ctx)
 			runCtx, cancelRun := context.WithCancel(gctx)
 			defer cancelRun()
 			g.Go(func() error { return reloadOnHUP(runCtx, *cfgPath, p, log) })
-			if cfg.Verify.Continuous {
-				shadow, err := verify.NewShadow(cfg, verify.OptionsFromConfig(cfg), reg, log.With("component", "shadow-verify"))
-				if err != nil {
-					return err
-				}
-				g.Go(func() error { return shadow.Run(runCtx) })
+			if e.shadow != nil {
+				g.Go(func() error { return e.shadow.Run(runCtx) })
 			}
 			if cfg.Metrics.Listen != "" {
 				g.Go(func() error {

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tandem-migrate/tandem/internal/version"
 )
 
 // Stream holds the streaming metrics.
@@ -33,10 +35,11 @@ type Stream struct {
 	Skipped        *prometheus.CounterVec
 }
 
-// NewRegistry returns a private registry with Go and process collectors.
+// NewRegistry returns a private registry with Go and process collectors
+// and tandem_build_info.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBuildInfo(version.Get()))
 	return reg
 }
 
