@@ -89,7 +89,8 @@ func TestBackfillResumesNotRestarts(t *testing.T) {
 		CREATE SEQUENCE orders_writes;
 		CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN PERFORM nextval('orders_writes'); RETURN NEW; END $$;
-		CREATE TRIGGER count_write BEFORE INSERT OR UPDATE ON orders_v2 FOR EACH ROW EXECUTE FUNCTION count_write();`); err != nil {
+		CREATE TRIGGER count_write BEFORE INSERT OR UPDATE ON orders_v2 FOR EACH ROW EXECUTE FUNCTION count_write();
+		ALTER TABLE orders_v2 ENABLE ALWAYS TRIGGER count_write; -- tandem applies as a replica`); err != nil {
 		t.Fatal(err)
 	}
 	cfg := writeConfig(t, env.YAMLWithBackfill("bfresume", fmt.Sprintf("{enabled: true, chunk_rows: %d, workers: %d, rows_per_second: %d}", chunk, workers, rows/6), ""))

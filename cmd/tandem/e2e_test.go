@@ -329,7 +329,10 @@ BEGIN
 	INSERT INTO marker_applied (id, op) VALUES (NEW.id, TG_OP);
 	RETURN NULL;
 END $$;
-CREATE TRIGGER log_marker AFTER INSERT OR UPDATE ON marker FOR EACH ROW EXECUTE FUNCTION log_marker();`)
+CREATE TRIGGER log_marker AFTER INSERT OR UPDATE ON marker FOR EACH ROW EXECUTE FUNCTION log_marker();
+-- tandem applies as a replica (session_replication_role), where only
+-- triggers enabled ALWAYS or REPLICA fire.
+ALTER TABLE marker ENABLE ALWAYS TRIGGER log_marker;`)
 	if err != nil {
 		t.Fatalf("install ledger trigger: %v", err)
 	}
@@ -378,9 +381,19 @@ type writer struct {
 
 func startWriter(t *testing.T, dsn string, seed int64, bigRows int) *writer {
 	t.Helper()
+	return startWriterAt(t, dsn, seed, bigRows, 0)
+}
+
+// startWriterAt is startWriter with the workload's new orders numbered
+// from firstID (0: the workload's default), clear of seeded rows.
+func startWriterAt(t *testing.T, dsn string, seed int64, bigRows int, firstID int64) *writer {
+	t.Helper()
 	src := testkit.Connect(t, dsn)
 	w := &writer{stop: make(chan struct{}), done: make(chan error, 1)}
 	wl := testkit.NewWorkload(src, seed)
+	if firstID > 0 {
+		wl.NextID = firstID
+	}
 	go func() {
 		ctx := context.Background()
 		w.done <- func() error {

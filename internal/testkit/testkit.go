@@ -155,9 +155,16 @@ type Env struct {
 // Setup starts two clusters and loads the schemas.
 func Setup(t testing.TB) *Env {
 	t.Helper()
+	return SetupWith(t, nil, nil)
+}
+
+// SetupWith is Setup with extra postgresql.conf settings for the old and
+// the new database, for servers configured the way production ones are.
+func SetupWith(t testing.TB, oldSettings, newSettings map[string]string) *Env {
+	t.Helper()
 	ctx := context.Background()
-	src := pgcluster.ForTest(t, pgcluster.Options{Name: "old"})
-	tgt := pgcluster.ForTest(t, pgcluster.Options{Name: "new"})
+	src := pgcluster.ForTest(t, pgcluster.Options{Name: "old", Settings: oldSettings})
+	tgt := pgcluster.ForTest(t, pgcluster.Options{Name: "new", Settings: newSettings})
 	e := &Env{Source: src, Target: tgt, SourceDSN: src.DSN("postgres"), TargetDSN: tgt.DSN("postgres")}
 	if err := src.Exec(ctx, "postgres", SourceSchema); err != nil {
 		t.Fatalf("source schema: %v", err)
