@@ -121,6 +121,16 @@ func partitioned(t *testing.T, userPub bool) {
 			}
 		}
 	}
+	// sameAfterMark waits for everything written so far, then compares.
+	sameAfterMark := func(id int64) {
+		t.Helper()
+		if err := testkit.Mark(ctx, src, id); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitMark(t, tgt, id, time.Minute, r.alive)
+		testkit.SameTable(t, src, tgt, "pay", "id, at")
+		testkit.SameTable(t, src, tgt, "ledger", "id, at")
+	}
 	writes(300)
 	exec(src, `INSERT INTO other VALUES (1, 1), (2, 2)`)
 	// Attached while streaming: its rows must arrive too.
@@ -129,12 +139,7 @@ func partitioned(t *testing.T, userPub bool) {
 	exec(src, `INSERT INTO pay SELECT g, date '2025-01-01' + (g % 31), 1, 'attached' FROM generate_series(20001, 20100) g`)
 	exec(src, `UPDATE pay SET at = date '2025-01-15' WHERE id BETWEEN 1 AND 20`)
 	writes(100)
-	if err := testkit.Mark(ctx, src, 1); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitMark(t, tgt, 1, time.Minute, r.alive)
-	testkit.SameTable(t, src, tgt, "pay", "id, at")
-	testkit.SameTable(t, src, tgt, "ledger", "id, at")
+	sameAfterMark(1)
 	if n := queryCount(t, tgt, `SELECT count(*) FROM pay WHERE note = 'attached' OR at >= '2025-01-01'`); n < 100 {
 		t.Fatalf("rows of the partition attached mid-stream: %d on the new table, want >= 100", n)
 	}
@@ -148,12 +153,7 @@ func partitioned(t *testing.T, userPub bool) {
 	r.stop(t)
 	r = startConfig(t, cfg)
 	writes(100)
-	if err := testkit.Mark(ctx, src, 2); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitMark(t, tgt, 2, time.Minute, r.alive)
-	testkit.SameTable(t, src, tgt, "pay", "id, at")
-	testkit.SameTable(t, src, tgt, "ledger", "id, at")
+	sameAfterMark(2)
 
 	if !userPub {
 		var viaRoot bool
