@@ -37,6 +37,7 @@ func (c *Config) durationBounds() []durationBound {
 		// Below a second the backfill would pause at every commit interval.
 		{field: "backfill.max_lag", value: c.Backfill.MaxLag, min: time.Second, max: 24 * time.Hour, off: true},
 		{field: "backfill.throttle_check_interval", value: c.Backfill.ThrottleCheckInterval, min: 10 * time.Millisecond, max: time.Minute},
+		{field: "backfill.progress_interval", value: c.Backfill.ProgressInterval, min: time.Second, max: time.Hour},
 	}
 }
 

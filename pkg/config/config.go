@@ -22,6 +22,7 @@ type Config struct {
 	Target     TargetConfig     `mapstructure:"target"`
 	Checkpoint CheckpointConfig `mapstructure:"checkpoint"`
 	Metrics    MetricsConfig    `mapstructure:"metrics"`
+	Control    ControlConfig    `mapstructure:"control"`
 	Apply      ApplyConfig      `mapstructure:"apply"`
 	Backfill   BackfillConfig   `mapstructure:"backfill"`
 	Verify     VerifyConfig     `mapstructure:"verify"`
@@ -53,6 +54,18 @@ type CheckpointConfig struct {
 
 type MetricsConfig struct {
 	Listen string `mapstructure:"listen"`
+}
+
+// ControlConfig is where `tandem run` takes pause, resume and limit
+// changes (control.go).
+type ControlConfig struct {
+	// Socket is the unix socket's path; empty picks a default (see
+	// pkg/control).
+	Socket string `mapstructure:"socket"`
+	// Listen, when set, also serves the control surface on TCP, and only
+	// to requests carrying the bearer token in TokenFile.
+	Listen    string `mapstructure:"listen"`
+	TokenFile string `mapstructure:"token_file"`
 }
 
 type ApplyConfig struct {
@@ -100,6 +113,8 @@ type BackfillConfig struct {
 	ThrottleQuery string `mapstructure:"throttle_query"`
 	// ThrottleCheckInterval is how often the throttle signals are sampled.
 	ThrottleCheckInterval time.Duration `mapstructure:"throttle_check_interval"`
+	// ProgressInterval is how often each table's copy logs its progress.
+	ProgressInterval time.Duration `mapstructure:"progress_interval"`
 }
 
 // IsEnabled reports whether backfill runs (default true).
@@ -183,6 +198,9 @@ func (c *Config) ApplyDefaults() {
 	if c.Backfill.ThrottleCheckInterval == 0 {
 		c.Backfill.ThrottleCheckInterval = time.Second
 	}
+	if c.Backfill.ProgressInterval == 0 {
+		c.Backfill.ProgressInterval = 10 * time.Second
+	}
 	if c.Verify.ChunkRows == 0 {
 		c.Verify.ChunkRows = 10000
 	}
@@ -238,6 +256,7 @@ func (c *Config) Validate() error {
 	default:
 		add("apply.session_replication_role", "%q is not one of replica, origin", c.Apply.ReplicationRole)
 	}
+	c.validateControl(add)
 	// Every duration and size field has a range (bounds.go).
 	c.checkBounds(add)
 	switch strings.ToLower(c.Log.Level) {
