@@ -196,6 +196,8 @@ func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error
 	}
 	cursor := j.Progress.Cursor
 	log.Info("copying", "from", cursor, "to", bound, "estimated_rows", j.Source.EstimatedRows, "format", j.Format())
+	stopProgress := r.logProgress(ctx, j, log)
+	defer stopProgress()
 	// Only the release signals are kept: holding the chunks would keep
 	// every row read reachable until the table is done.
 	var pending []chan struct{}
@@ -254,6 +256,7 @@ func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error
 			return ctx.Err()
 		}
 	}
+	stopProgress()
 	r.Metrics.Done.WithLabelValues(j.Name()).Set(1)
 	log.Info("table copied")
 	return nil
