@@ -22,15 +22,18 @@ import (
 
 // Report is the status of one migration.
 type Report struct {
-	Migration     string       `json:"migration"`
-	Slot          string       `json:"slot"`
-	SlotExists    bool         `json:"slot_exists"`
-	SlotActive    bool         `json:"slot_active"`
-	ConfirmedLSN  string       `json:"confirmed_lsn,omitempty"`
-	RetainedBytes int64        `json:"slot_retained_wal_bytes"`
-	CheckpointLSN string       `json:"checkpoint_lsn,omitempty"`
-	LagBytes      int64        `json:"lag_bytes"`
-	Tables        []TableState `json:"tables"`
+	Migration     string `json:"migration"`
+	Slot          string `json:"slot"`
+	SlotExists    bool   `json:"slot_exists"`
+	SlotActive    bool   `json:"slot_active"`
+	ConfirmedLSN  string `json:"confirmed_lsn,omitempty"`
+	RetainedBytes int64  `json:"slot_retained_wal_bytes"`
+	CheckpointLSN string `json:"checkpoint_lsn,omitempty"`
+	LagBytes      int64  `json:"lag_bytes"`
+	// LagSeconds is the running daemon's own figure (lag.go); absent when
+	// its metrics endpoint does not answer.
+	LagSeconds *float64     `json:"lag_seconds,omitempty"`
+	Tables     []TableState `json:"tables"`
 }
 
 // TableState is one mapping's backfill progress.
@@ -123,6 +126,9 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 		}
 		r.Tables = append(r.Tables, ts)
 	}
+	if secs, ok := daemonLagSeconds(ctx, cfg.Metrics.Listen); ok {
+		r.LagSeconds = &secs
+	}
 	return r, nil
 }
 
@@ -143,7 +149,11 @@ func (r *Report) Text(w io.Writer) {
 	}
 	fmt.Fprintf(w, "migration %s\n  slot %s: %s\n", r.Migration, r.Slot, slot)
 	if r.CheckpointLSN != "" {
-		fmt.Fprintf(w, "  checkpoint %s, %s behind the source\n", r.CheckpointLSN, bytesText(r.LagBytes))
+		lag := ""
+		if r.LagSeconds != nil {
+			lag = fmt.Sprintf(" (lag %s, from tandem's metrics)", (time.Duration(*r.LagSeconds * float64(time.Second))).Round(100*time.Millisecond))
+		}
+		fmt.Fprintf(w, "  checkpoint %s, %s behind the source%s\n", r.CheckpointLSN, bytesText(r.LagBytes), lag)
 	} else {
 		fmt.Fprintf(w, "  no checkpoint yet\n")
 	}
