@@ -2,11 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand"
-	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -226,8 +225,9 @@ func killLoop(t *testing.T, cfg string, tgt *pgx.Conn, table string, done int64,
 }
 
 // TestReloadLimits: SIGHUP re-reads the config file and applies the new
-// backfill limits to the running copy, keeping a pause set over HTTP; a
-// config that no longer loads is refused and the running limits stay.
+// backfill limits to the running copy, keeping a pause set through the
+// control socket (`tandem backfill pause`); a config that no longer loads
+// is refused and the running limits stay.
 func TestReloadLimits(t *testing.T) {
 	ctx := context.Background()
 	env := testkit.Setup(t)
@@ -236,40 +236,20 @@ func TestReloadLimits(t *testing.T) {
 	if err := testkit.Seed(ctx, src, w, 20000); err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
+	sock := filepath.Join(t.TempDir(), "reload.sock")
 	yaml := func(rate int, chunkBytes int) string {
 		return env.YAMLWithBackfill("reload", fmt.Sprintf("{enabled: true, chunk_rows: 500, chunk_bytes: %d, rows_per_second: %d}", chunkBytes, rate),
-			fmt.Sprintf("metrics: {listen: %q}\n", addr))
+			fmt.Sprintf("control: {socket: %q}\n", sock))
 	}
 	cfg := writeConfig(t, yaml(1000, 1<<20))
 	d := startDaemon(t, cfg)
-	limits := func() backfill.Limits {
-		t.Helper()
-		var l backfill.Limits
-		deadline := time.Now().Add(time.Minute)
-		for {
-			resp, err := http.Get("http://" + addr + "/backfill")
-			if err == nil {
-				err = json.NewDecoder(resp.Body).Decode(&l)
-				resp.Body.Close()
-				if err == nil {
-					return l
-				}
-			}
-			if derr := d.alive(); derr != nil || time.Now().After(deadline) {
-				t.Fatalf("GET /backfill: %v (daemon: %v)", err, derr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	limits := func() backfill.Limits { t.Helper(); return controlState(t, d, sock).Limits }
 	if l := limits(); l.RowsPerSecond != 1000 || l.ChunkBytes != 1<<20 {
 		t.Fatalf("limits at start = %+v", l)
 	}
-	resp, err := http.Post("http://"+addr+"/backfill?pause", "application/x-www-form-urlencoded", nil)
-	if err != nil {
-		t.Fatal(err)
+	if r := tandemCmd(t, "backfill", "pause", "--config", cfg); r.code != 0 || !strings.Contains(r.stdout, "held back: paused") {
+		t.Fatalf("tandem backfill pause: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	resp.Body.Close()
 
 	if err := os.WriteFile(cfg, []byte(yaml(2500, 1<<22)), 0o600); err != nil {
 		t.Fatal(err)

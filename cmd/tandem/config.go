@@ -18,6 +18,7 @@ import (
 var envKeys = []string{
 	"name", "source.dsn", "source.slot", "source.publication", "target.dsn",
 	"checkpoint.store", "checkpoint.path", "metrics.listen", "log.level", "log.format",
+	"control.socket", "control.listen", "control.token_file",
 	"backfill.enabled", "nats.url",
 }
 

@@ -127,7 +127,10 @@ func startDaemon(t *testing.T, cfgPath string) *daemon {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(tandemBin, "run", "--config", cfgPath)
-	cmd.Env = childEnv()
+	// A temp dir of its own: the default control socket
+	// (<temp>/tandem-<uid>/<name>.sock) must not meet another test's, or
+	// another checkout's, daemon for a migration of the same name.
+	cmd.Env = childEnv("TMPDIR=" + t.TempDir())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()

@@ -24,10 +24,10 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/backfill"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/control"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
 	"github.com/tandem-migrate/tandem/pkg/metrics"
 	"github.com/tandem-migrate/tandem/pkg/pipeline"
-	"github.com/tandem-migrate/tandem/pkg/status"
 	"github.com/tandem-migrate/tandem/pkg/verify"
 )
 
@@ -50,14 +50,19 @@ func main() {
 	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "", "migration config file (YAML)")
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("tandem {{.Version}}\n")
-	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd())
+	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd(), backfillCmd(&cfgPath))
+	applyHelp(root)
 	if err := root.Execute(); err != nil {
 		code := 1
 		var ee *exitError
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
-		fmt.Fprintln(os.Stderr, "tandem: "+config.RedactDSN(err.Error()))
+		msg := config.RedactDSN(err.Error())
+		fmt.Fprintln(os.Stderr, "tandem: "+msg)
+		if h := passwordHint(msg); h != "" {
+			fmt.Fprintln(os.Stderr, h)
+		}
 		os.Exit(code)
 	}
 }
@@ -100,16 +105,23 @@ func runCmd(cfgPath *string) *cobra.Command {
 				return err
 			}
 			reg, p := e.reg, e.pipeline
+			// Pause, resume and limits: on a socket only tandem's user can
+			// open, never on the metrics listener (pkg/control).
+			ctl, err := control.Listen(cfg, p.Backfill.Handler(), log.With("component", "control"))
+			if err != nil {
+				return err
+			}
 			g, gctx := errgroup.WithContext(ctx)
 			runCtx, cancelRun := context.WithCancel(gctx)
 			defer cancelRun()
+			g.Go(func() error { return ctl.Serve(runCtx) })
 			g.Go(func() error { return reloadOnHUP(runCtx, *cfgPath, p, log) })
 			if e.shadow != nil {
 				g.Go(func() error { return e.shadow.Run(runCtx) })
 			}
 			if cfg.Metrics.Listen != "" {
 				g.Go(func() error {
-					extra := map[string]http.Handler{"/backfill": p.Backfill.Handler()}
+					extra := map[string]http.Handler{"/backfill": controlMoved()}
 					if err := metrics.Serve(runCtx, cfg.Metrics.Listen, reg, &p.Health, extra, log.With("component", "metrics")); err != nil {
 						return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 					}
@@ -153,12 +165,17 @@ func reloadOnHUP(ctx context.Context, path string, p *pipeline.Pipeline, log *sl
 }
 
 func statusCmd(cfgPath *string) *cobra.Command {
-	var asJSON bool
+	var asJSON, watch bool
+	var interval time.Duration
+	var count int
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Show the stream position, the slot's retained WAL and the backfill's progress",
-		RunE: withConfig(cfgPath, 30*time.Second, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
-			r, err := status.Gather(ctx, cfg)
+		RunE: withConfig(cfgPath, 0, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			if watch || count > 0 {
+				return watchStatus(ctx, cmd.OutOrStdout(), cfg, interval, count, asJSON)
+			}
+			r, err := gatherStatus(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -171,7 +188,10 @@ func statusCmd(cfgPath *string) *cobra.Command {
 			return nil
 		}),
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (with --watch: one object per line)")
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "redraw every --interval until Ctrl-C")
+	c.Flags().DurationVar(&interval, "interval", 2*time.Second, "time between frames with --watch")
+	c.Flags().IntVar(&count, "count", 0, "with --watch, stop after this many frames (0: until Ctrl-C)")
 	return c
 }
 
