@@ -57,10 +57,14 @@ func TestRealSchema(t *testing.T) {
 		t.Fatalf("validate: exit %d\nstdout: %s\nstderr: %s", res.code, res.stdout, res.stderr)
 	}
 
-	// The application, from the start of the copy to the end.
+	// The application, from the start of the copy to the end. The
+	// partition is attached between two of its transactions, by its own
+	// session: ATTACH PARTITION locks the tables payment references, so run
+	// concurrently with the writer it can deadlock with it.
 	w := testkit.NewRealWorkload(testkit.Connect(t, srcDSN), 42)
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
+	attach := make(chan chan error)
 	var steps atomic.Int64
 	go func() {
 		werr <- func() error {
@@ -68,6 +72,12 @@ func TestRealSchema(t *testing.T) {
 				select {
 				case <-stop:
 					return nil
+				case reply := <-attach:
+					err := testkit.AttachNewPartition(ctx, w.Conn)
+					if err == nil {
+						w.NewPartition.Store(true)
+					}
+					reply <- err
 				default:
 				}
 				if err := w.Step(ctx); err != nil {
@@ -87,6 +97,16 @@ func TestRealSchema(t *testing.T) {
 		err := <-werr
 		werr <- err
 		return err
+	}
+	// writerOK fails the test at once if the writer has stopped on an error.
+	writerOK := func() {
+		t.Helper()
+		select {
+		case err := <-werr:
+			werr <- err
+			t.Fatalf("writer stopped: %v", err)
+		default:
+		}
 	}
 	t.Cleanup(func() { _ = stopWriter() })
 
@@ -125,6 +145,7 @@ func TestRealSchema(t *testing.T) {
 			break
 		}
 		copied := queryIntOr0(tgt, `SELECT COALESCE(sum(rows_copied), 0)::int8 FROM tandem.backfill WHERE name = $1`, slot)
+		writerOK()
 		d.kill()
 		backfillKills++
 		t.Logf("kill -9 #%d during the backfill: %d/%d tables done, %d of %d rows copied, %d workload transactions", backfillKills, done, total, copied, expected, steps.Load())
@@ -138,21 +159,27 @@ func TestRealSchema(t *testing.T) {
 
 	// Kills during the stream, with a partition attached mid-stream and
 	// written to.
-	attachConn := testkit.Connect(t, srcDSN)
 	streamKills := 0
 	for streamKills < 4 {
 		pause()
 		if streamKills == 1 {
-			if err := testkit.AttachNewPartition(ctx, attachConn); err != nil {
+			reply := make(chan error, 1)
+			select {
+			case attach <- reply:
+			case <-time.After(time.Minute):
+				writerOK()
+				t.Fatal("the writer did not take the attach request within a minute")
+			}
+			if err := <-reply; err != nil {
 				t.Fatalf("attach partition: %v", err)
 			}
-			w.NewPartition.Store(true)
 			t.Logf("attached %s; the workload now writes into it", testkit.RealNewPartition)
 			pause()
 		}
 		if err := d.alive(); err != nil {
 			t.Fatal(err)
 		}
+		writerOK()
 		d.kill()
 		streamKills++
 		t.Logf("kill -9 #%d during the stream, %d workload transactions", backfillKills+streamKills, steps.Load())
@@ -170,6 +197,7 @@ func TestRealSchema(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	for deadline := time.Now().Add(30 * time.Second); len(w.Missing(required...)) > 0 && time.Now().Before(deadline); {
+		writerOK()
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err := stopWriter(); err != nil {
