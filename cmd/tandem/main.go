@@ -26,6 +26,7 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/control"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 	"github.com/tandem-migrate/tandem/pkg/metrics"
 	"github.com/tandem-migrate/tandem/pkg/pipeline"
 	"github.com/tandem-migrate/tandem/pkg/verify"
@@ -204,12 +205,12 @@ func verifyCmd(cfgPath *string) *cobra.Command {
 		Short: "Prove the new schema equals the transformed old data (exit 0 equal, 1 differs, 2 could not check)",
 		RunE: withConfig(cfgPath, 0, verify.ExitNotCheck, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 			log := newLogger(cfg)
-			src, err := verify.Connect(ctx, cfg.Source.DSN)
+			src, err := verify.ConnectFor(ctx, cfg.Source.DSN, cfg.Name)
 			if err != nil {
 				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("source.dsn: %w", err)}
 			}
 			defer src.Close(context.Background())
-			tgt, err := verify.Connect(ctx, cfg.Target.DSN)
+			tgt, err := verify.ConnectFor(ctx, cfg.Target.DSN, cfg.Name)
 			if err != nil {
 				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("target.dsn: %w", err)}
 			}
@@ -279,7 +280,7 @@ func teardownCmd(cfgPath *string) *cobra.Command {
 		Use:   "teardown",
 		Short: "Drop the replication slot and publication (after rollback or cutover) so the old database stops keeping WAL",
 		RunE: withConfig(cfgPath, time.Minute, 1, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
-			src, err := pgx.Connect(ctx, cfg.Source.DSN)
+			src, err := dial.Open(ctx, cfg.Source.DSN, dial.Short(cfg.Name, "teardown"))
 			if err != nil {
 				return fmt.Errorf("source.dsn: cannot connect to the old database: %w", err)
 			}
@@ -302,7 +303,7 @@ func teardownCmd(cfgPath *string) *cobra.Command {
 			if keepCheckpoint || cfg.Checkpoint.Store != "target" {
 				return nil
 			}
-			tgt, err := pgx.Connect(ctx, cfg.Target.DSN)
+			tgt, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "teardown"))
 			if err != nil {
 				return fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
 			}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // Metrics are the backfill's Prometheus series, registered once per
@@ -159,12 +160,10 @@ func (r *Runner) Run(ctx context.Context, jobs []*Job) error {
 
 var errFinished = fmt.Errorf("backfill finished")
 
-func connect(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("parse source dsn: %w", err)
-	}
-	cfg.RuntimeParams["application_name"] = "tandem-backfill"
+// connect opens a backfill session on the old database: dial.Long for the
+// chunk reads (bounded by chunk_rows and chunk_bytes, yet possibly long),
+// dial.Short for the throttle probe.
+func connect(ctx context.Context, dsn string, spec dial.Spec) (*pgconn.PgConn, error) {
 	// Watermark commits must be synchronous whatever the old database's
 	// default: the walsender sends only WAL that is flushed, so an async
 	// commit reaches the stream only at the WAL writer's next round
@@ -172,8 +171,7 @@ func connect(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
 	// it (measured: 45k rows/s instead of 300k, and 161k-177k against
 	// 584k-732k for plain COPY on a source running synchronous_commit
 	// off). Any role may set it for its own session.
-	cfg.RuntimeParams["synchronous_commit"] = "on"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	conn, err := dial.OpenPg(ctx, dsn, spec.With("synchronous_commit", "on"))
 	if err != nil {
 		return nil, fmt.Errorf("backfill connection to source: %w", err)
 	}
@@ -183,7 +181,7 @@ func connect(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
 // copyJob pages through one table. Up to Workers chunks may be read and
 // waiting for their high watermark at once (slots), which bounds memory.
 func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error {
-	conn, err := connect(ctx, r.DSN)
+	conn, err := connect(ctx, r.DSN, dial.Long(r.Name, "backfill"))
 	if err != nil {
 		return err
 	}
@@ -377,7 +375,7 @@ func (r *Runner) probe(ctx context.Context) error {
 	if r.Cfg.MaxLag == 0 && r.Cfg.MaxActiveBackends == 0 && r.Cfg.ThrottleQuery == "" {
 		return nil
 	}
-	conn, err := connect(ctx, r.DSN)
+	conn, err := connect(ctx, r.DSN, dial.Short(r.Name, "throttle"))
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,12 @@ func (c *Config) durationBounds() []durationBound {
 		{field: "apply.retry_min", value: c.Apply.RetryMin, min: 10 * time.Millisecond, max: time.Minute},
 		{field: "apply.retry_max", value: c.Apply.RetryMax, min: 10 * time.Millisecond, max: time.Hour},
 		{field: "apply.shutdown_timeout", value: c.Apply.ShutdownTimeout, min: time.Second, max: 10 * time.Minute},
+		// Big enough for the largest chunk's COPY (chunk_bytes up to 1 GiB).
+		{field: "apply.statement_timeout", value: c.Apply.StatementTimeout, min: time.Second, max: time.Hour},
+		// Under a second, scheduling hiccups would look like a dead link;
+		// tandem asks for a reply after a third of it.
+		{field: "source.receive_timeout", value: c.Source.ReceiveTimeout, min: time.Second, max: 10 * time.Minute},
+		{field: "metrics.ready_max_lag", value: c.Metrics.ReadyMaxLag, min: time.Second, max: 24 * time.Hour},
 		// Below a second the backfill would pause at every commit interval.
 		{field: "backfill.max_lag", value: c.Backfill.MaxLag, min: time.Second, max: 24 * time.Hour, off: true},
 		{field: "backfill.throttle_check_interval", value: c.Backfill.ThrottleCheckInterval, min: 10 * time.Millisecond, max: time.Minute},

@@ -38,6 +38,9 @@ type SourceConfig struct {
 	// CreatePublication lets tandem create the publication when missing
 	// (FOR TABLE of the configured source tables). Default true.
 	CreatePublication *bool `mapstructure:"create_publication"`
+	// ReceiveTimeout declares the replication link dead when nothing, not
+	// even a keepalive, arrives for this long; tandem then reconnects.
+	ReceiveTimeout time.Duration `mapstructure:"receive_timeout"`
 }
 
 type TargetConfig struct {
@@ -54,6 +57,9 @@ type CheckpointConfig struct {
 
 type MetricsConfig struct {
 	Listen string `mapstructure:"listen"`
+	// ReadyMaxLag is how far behind a streaming tandem may be and still
+	// answer /healthz with 200 (ready).
+	ReadyMaxLag time.Duration `mapstructure:"ready_max_lag"`
 }
 
 // ControlConfig is where `tandem run` takes pause, resume and limit
@@ -80,6 +86,10 @@ type ApplyConfig struct {
 	RetryMax time.Duration `mapstructure:"retry_max"`
 	// ShutdownTimeout bounds the final flush on SIGINT/SIGTERM.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// StatementTimeout bounds each call tandem makes to the new database
+	// while applying (a batch, a chunk's COPY, a commit), so a link that
+	// goes silent is noticed; the apply session's statement_timeout too.
+	StatementTimeout time.Duration `mapstructure:"statement_timeout"`
 	// ReplicationRole is the session_replication_role of the sessions that
 	// write the new database: "replica" (default) applies the way
 	// PostgreSQL's own apply worker does, so foreign keys and ordinary
@@ -182,6 +192,16 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.Apply.ShutdownTimeout == 0 {
 		c.Apply.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Apply.StatementTimeout == 0 {
+		c.Apply.StatementTimeout = 5 * time.Minute
+	}
+	if c.Metrics.ReadyMaxLag == 0 {
+		c.Metrics.ReadyMaxLag = 5 * time.Minute
+	}
+	if c.Source.ReceiveTimeout == 0 {
+		// The server's own wal_sender_timeout default.
+		c.Source.ReceiveTimeout = time.Minute
 	}
 	if c.Apply.ReplicationRole == "" {
 		c.Apply.ReplicationRole = "replica"

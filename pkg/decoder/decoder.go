@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // Idle reports a keepalive received outside any transaction: everything the
@@ -27,12 +28,19 @@ type Idle struct {
 // Options configure a Decoder.
 type Options struct {
 	DSN         string
+	Migration   string // for application_name
 	Slot        string
 	Publication string
 	// StatusInterval is how often the durable position is reported; it must
 	// stay well under the server's wal_sender_timeout (default 60s).
 	StatusInterval time.Duration
-	Log            *slog.Logger
+	// ReceiveTimeout declares the link dead when nothing arrives for this
+	// long (source.receive_timeout).
+	ReceiveTimeout time.Duration
+	// Beat is called at least every half second while the loop runs, for
+	// the liveness probe.
+	Beat func()
+	Log  *slog.Logger
 }
 
 // Decoder streams one slot.
@@ -41,13 +49,21 @@ type Decoder struct {
 	flushed atomic.Uint64
 	// received is the end of the last WAL data seen, for metrics.
 	received atomic.Uint64
-	rels     map[uint32]*change.Relation
+	// heard is when the server last sent anything (UnixNano; 0: never).
+	heard atomic.Int64
+	rels  map[uint32]*change.Relation
 }
 
 // New returns a Decoder; Run connects.
 func New(opts Options) *Decoder {
 	if opts.StatusInterval == 0 {
 		opts.StatusInterval = 5 * time.Second
+	}
+	if opts.ReceiveTimeout == 0 {
+		opts.ReceiveTimeout = time.Minute
+	}
+	if opts.Beat == nil {
+		opts.Beat = func() {}
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -72,19 +88,33 @@ func (d *Decoder) Flushed() change.LSN { return change.LSN(d.flushed.Load()) }
 // Received is the end of the last WAL data received.
 func (d *Decoder) Received() change.LSN { return change.LSN(d.received.Load()) }
 
-// Connect opens a replication connection.
-func Connect(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("parse source dsn: %w", err)
+// Heard is when the server last sent anything on the stream (zero: not
+// yet).
+func (d *Decoder) Heard() time.Time {
+	if n := d.heard.Load(); n != 0 {
+		return time.Unix(0, n)
 	}
-	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["application_name"] = "tandem"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	return time.Time{}
+}
+
+// Connect opens a replication connection.
+func Connect(ctx context.Context, dsn, migration string) (*pgconn.PgConn, error) {
+	conn, err := dial.OpenPg(ctx, dsn, dial.Replication(migration))
 	if err != nil {
 		return nil, fmt.Errorf("replication connection to source: %w", err)
 	}
 	return conn, nil
+}
+
+// SilentError is a replication link on which nothing arrived for
+// source.receive_timeout, although tandem asked the server for a reply:
+// the link or the server is gone without a word. It is retried.
+type SilentError struct {
+	For time.Duration
+}
+
+func (e *SilentError) Error() string {
+	return fmt.Sprintf("receive from source: nothing arrived on the replication stream for %s, not even a reply to a keepalive request (source.receive_timeout): the link or the old database is unresponsive; reconnecting", e.For.Round(time.Millisecond))
 }
 
 // Run streams from start (0: the slot's confirmed position) into out until
@@ -93,28 +123,45 @@ func Connect(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
 // *change.Origin and Idle. Sends block while out is full, but the durable
 // position keeps being reported meanwhile so the server does not time out.
 func (d *Decoder) Run(ctx context.Context, start change.LSN, out chan<- any) error {
-	conn, err := Connect(ctx, d.opts.DSN)
+	conn, err := Connect(ctx, d.opts.DSN, d.opts.Migration)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() {
+		// A close on a dead link must not wait for it.
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn.Close(cctx)
+	}()
 	d.SetFlushed(start)
 
-	err = pglogrepl.StartReplication(ctx, conn, d.opts.Slot, start, pglogrepl.StartReplicationOptions{
+	// The server answers START_REPLICATION at once; a link that is already
+	// silent must not hang here.
+	sctx, cancel := context.WithTimeout(ctx, d.opts.ReceiveTimeout)
+	err = pglogrepl.StartReplication(sctx, conn, d.opts.Slot, start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
 			"proto_version '1'",
 			fmt.Sprintf("publication_names '%s'", d.opts.Publication),
 			"messages 'true'",
 		},
 	})
+	cancel()
 	if err != nil {
+		if lost := slotLost(d.opts.Slot, err); lost != nil {
+			return lost
+		}
 		return fmt.Errorf("start replication on slot %s: %w", d.opts.Slot, err)
 	}
 	d.opts.Log.Info("streaming", "slot", d.opts.Slot, "from", start)
 
-	s := &stream{d: d, conn: conn, out: out}
+	s := &stream{d: d, conn: conn, out: out, heard: time.Now()}
 	s.ticker = time.NewTicker(d.opts.StatusInterval)
 	defer s.ticker.Stop()
+	// Ask for a reply right away: it proves the link works end to end,
+	// which is what lets the pipeline's retry backoff start small again.
+	if err := s.status(ctx, true); err != nil {
+		return err
+	}
 	return s.loop(ctx)
 }
 
@@ -125,6 +172,10 @@ type stream struct {
 	ticker *time.Ticker
 	inTx   bool
 	sent   change.LSN
+	// heard is when the last message was handled; pinged is set once a
+	// reply was requested for the current silence.
+	heard  time.Time
+	pinged bool
 }
 
 func (s *stream) status(ctx context.Context, reply bool) error {
@@ -135,6 +186,9 @@ func (s *stream) status(ctx context.Context, reply bool) error {
 	if pos == 0 {
 		return nil
 	}
+	// A write to a link that stopped taking bytes must give up too.
+	ctx, cancel := context.WithTimeout(ctx, s.d.opts.ReceiveTimeout)
+	defer cancel()
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: reply,
 	})
@@ -153,6 +207,7 @@ func (s *stream) emit(ctx context.Context, ev any) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.ticker.C:
+			s.d.opts.Beat()
 			if err := s.status(ctx, false); err != nil {
 				return err
 			}
@@ -160,10 +215,30 @@ func (s *stream) emit(ctx context.Context, ev any) error {
 	}
 }
 
+// checkSilence declares the link dead after receive_timeout without a
+// message. The server sends keepalives on its own only when it has not
+// heard from tandem for half its wal_sender_timeout, and tandem's status
+// updates keep it hearing, so an idle but healthy link can be quiet for
+// good: after a third of the timeout tandem asks for a reply, which a
+// live server sends at once.
+func (s *stream) checkSilence(ctx context.Context, now time.Time) error {
+	quiet := now.Sub(s.heard)
+	timeout := s.d.opts.ReceiveTimeout
+	switch {
+	case quiet >= timeout:
+		return &SilentError{For: quiet}
+	case quiet >= timeout/3 && !s.pinged:
+		s.pinged = true
+		return s.status(ctx, true)
+	}
+	return nil
+}
+
 func (s *stream) loop(ctx context.Context) error {
 	// One deadline context per wake-up period rather than per message: a
 	// timer per message cost a quarter of the decoder's CPU in a drain.
 	var w waker
+	w.beat = s.d.opts.Beat
 	defer w.stop()
 	for {
 		select {
@@ -185,7 +260,10 @@ func (s *stream) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) {
+			if pgconn.Timeout(err) && !s.conn.IsClosed() {
+				if err := s.checkSilence(ctx, time.Now()); err != nil {
+					return err
+				}
 				continue
 			}
 			return fmt.Errorf("receive from source: %w", err)
@@ -195,8 +273,16 @@ func (s *stream) loop(ctx context.Context) error {
 			if err := s.handle(ctx, m.Data); err != nil {
 				return err
 			}
+			// Counted from when the message was handled, not received: a
+			// send blocked on a busy applier is not silence on the link.
+			s.heard, s.pinged = time.Now(), false
+			s.d.heard.Store(s.heard.UnixNano())
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("source replication: %w", pgconn.ErrorResponseToPgError(m))
+			pgErr := pgconn.ErrorResponseToPgError(m)
+			if lost := slotLost(s.d.opts.Slot, pgErr); lost != nil {
+				return lost
+			}
+			return fmt.Errorf("source replication: %w", pgErr)
 		case *pgproto3.CopyDone:
 			return fmt.Errorf("source ended the replication stream")
 		}
@@ -208,6 +294,7 @@ func (s *stream) loop(ctx context.Context) error {
 type waker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
+	beat   func()
 }
 
 const wake = 500 * time.Millisecond
@@ -215,6 +302,7 @@ const wake = 500 * time.Millisecond
 func (w *waker) next(parent context.Context) context.Context {
 	if w.ctx == nil || w.ctx.Err() != nil {
 		w.stop()
+		w.beat()
 		w.ctx, w.cancel = context.WithTimeout(parent, wake)
 	}
 	return w.ctx

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tandem-migrate/tandem/pkg/change"
 )
@@ -21,22 +22,62 @@ type SlotInfo struct {
 	RestartLSN     change.LSN
 	// RetainedBytes is the WAL the slot keeps on the source's disk.
 	RetainedBytes int64
+	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
+	// unreserved (past max_slot_wal_keep_size: invalidated at the next
+	// checkpoint unless it catches up) or lost.
+	WALStatus string
+	// SafeWALSize is how much more WAL the source may write before the slot
+	// is lost; nil when max_slot_wal_keep_size is -1 (no limit).
+	SafeWALSize *int64
+	// InvalidationReason is PostgreSQL's reason for a lost slot (17+).
+	InvalidationReason string
+	// CurrentLSN is the source's current WAL position (its replay position
+	// on a standby).
+	CurrentLSN change.LSN
 }
+
+// Lost reports whether the slot was invalidated and cannot be resumed.
+func (si SlotInfo) Lost() bool {
+	return si.Exists && (si.WALStatus == "lost" || si.InvalidationReason != "")
+}
+
+// LostError explains a lost slot, or returns nil.
+func (si SlotInfo) LostError(slot string) error {
+	if !si.Lost() {
+		return nil
+	}
+	reason := "pg_replication_slots.wal_status is lost"
+	switch si.InvalidationReason {
+	case "":
+	case "wal_removed":
+		reason = "invalidated (wal_removed): it needed more WAL than max_slot_wal_keep_size lets the old database keep, and that WAL was removed"
+	default:
+		reason = "invalidated (" + si.InvalidationReason + ")"
+	}
+	return &SlotLostError{Slot: slot, Reason: reason}
+}
+
+// slotSQL reads the slot, if any, and the source's position in one round
+// trip. invalidation_reason only exists from PostgreSQL 17 on, hence
+// to_jsonb.
+const slotSQL = `SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+	s.slot_name IS NOT NULL, COALESCE(s.plugin, ''), COALESCE(s.active, false), s.confirmed_flush_lsn, s.restart_lsn,
+	COALESCE(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, s.restart_lsn), 0)::int8,
+	COALESCE(s.wal_status, ''), s.safe_wal_size::int8, COALESCE(to_jsonb(s)->>'invalidation_reason', '')
+	FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`
 
 // LookupSlot reads the slot's state.
 func LookupSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotInfo, error) {
 	var si SlotInfo
-	var confirmed, restart *change.LSN
-	err := conn.QueryRow(ctx, `SELECT plugin, active, confirmed_flush_lsn, restart_lsn,
-		COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&si.Plugin, &si.Active, &confirmed, &restart, &si.RetainedBytes)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return si, nil
-	}
+	var cur, confirmed, restart *change.LSN
+	err := conn.QueryRow(ctx, slotSQL, slot).Scan(&cur, &si.Exists, &si.Plugin, &si.Active, &confirmed, &restart,
+		&si.RetainedBytes, &si.WALStatus, &si.SafeWALSize, &si.InvalidationReason)
 	if err != nil {
 		return si, fmt.Errorf("look up slot %s: %w", slot, err)
 	}
-	si.Exists = true
+	if cur != nil {
+		si.CurrentLSN = *cur
+	}
 	if confirmed != nil {
 		si.ConfirmedFlush = *confirmed
 	}
@@ -44,6 +85,37 @@ func LookupSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotInfo, err
 		si.RestartLSN = *restart
 	}
 	return si, nil
+}
+
+// SlotLostError is a slot PostgreSQL invalidated: the WAL tandem still
+// needed is gone, and resuming would silently skip changes.
+type SlotLostError struct {
+	Slot   string
+	Reason string // PostgreSQL's words
+}
+
+func (e *SlotLostError) Error() string {
+	return fmt.Sprintf("replication slot %s is lost: %s. The changes tandem had not applied yet are gone from the old database, so this migration cannot resume; "+
+		"start over: `tandem teardown` (drops the slot, the publication and the checkpoint), empty the new tables, then `tandem run` (a new slot and a full backfill). "+
+		"To keep it from happening again, raise max_slot_wal_keep_size on the old database, or alert on tandem_slot_retained_wal_bytes and keep tandem running", e.Slot, e.Reason)
+}
+
+// slotLost recognises the error START_REPLICATION (or the stream) returns
+// for an invalidated slot: SQLSTATE 55000 with "invalidated" in the
+// message or its detail, whose wording changed between versions.
+func slotLost(slot string, err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55000" {
+		return nil
+	}
+	if !strings.Contains(pgErr.Message, "invalidated") && !strings.Contains(pgErr.Detail, "invalidated") {
+		return nil
+	}
+	reason := pgErr.Message
+	if pgErr.Detail != "" {
+		reason += " (" + strings.TrimSuffix(pgErr.Detail, ".") + ")"
+	}
+	return &SlotLostError{Slot: slot, Reason: reason}
 }
 
 // EnsurePublication creates the publication for tables, or adds the tables
@@ -149,23 +221,34 @@ func quoteTables(names []string) string {
 	return strings.Join(out, ", ")
 }
 
-// EnsureSlot creates the logical slot (pgoutput) when it does not exist.
-func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotInfo, bool, error) {
-	si, err := LookupSlot(ctx, conn, slot)
+// CreateSlot creates the logical slot (pgoutput). PostgreSQL waits for
+// the transactions running on the old database to end before the slot is
+// usable, which may take as long as the longest of them: the session's
+// statement and lock timeouts are lifted for this one call.
+func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotInfo, error) {
+	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return si, false, err
+		return SlotInfo{}, fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	if si.Exists {
-		if si.Plugin != "pgoutput" {
-			return si, false, fmt.Errorf("slot %s uses plugin %s, not pgoutput: pick another source.slot or drop it", slot, si.Plugin)
-		}
-		return si, false, nil
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0`); err != nil {
+		return SlotInfo{}, fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
-		return si, false, fmt.Errorf("create slot %s: %w", slot, err)
+	if _, err := tx.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		return SlotInfo{}, fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	si, err = LookupSlot(ctx, conn, slot)
-	return si, true, err
+	if err := tx.Commit(ctx); err != nil {
+		return SlotInfo{}, fmt.Errorf("create slot %s: %w", slot, err)
+	}
+	return LookupSlot(ctx, conn, slot)
+}
+
+// CheckSlot refuses a slot tandem cannot stream from.
+func CheckSlot(si SlotInfo, slot string) error {
+	if si.Exists && si.Plugin != "pgoutput" {
+		return fmt.Errorf("slot %s uses plugin %s, not pgoutput: pick another source.slot or drop it", slot, si.Plugin)
+	}
+	return si.LostError(slot)
 }
 
 // DropSlot removes the slot so the source stops keeping WAL for it; it

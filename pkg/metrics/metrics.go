@@ -33,6 +33,7 @@ type Stream struct {
 	ApplyDuration  prometheus.Histogram
 	TruncatesTotal prometheus.Counter
 	Skipped        *prometheus.CounterVec
+	Streaming      prometheus.Gauge
 }
 
 // NewRegistry returns a private registry with Go and process collectors
@@ -50,7 +51,7 @@ func NewStream(reg prometheus.Registerer) *Stream {
 		LagBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_replication_lag_bytes",
 			Help: "WAL bytes between the source's current position and what is durably applied."}),
 		LagSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_replication_lag_seconds",
-			Help: "Age of the newest applied source commit while behind; 0 when caught up."}),
+			Help: "How long the oldest source WAL not yet applied has existed (sampled every second); 0 when caught up. While the old database cannot be read it keeps growing from the last contact."}),
 		RetainedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_slot_retained_wal_bytes",
 			Help: "WAL the replication slot keeps on the source's disk."}),
 		CheckpointLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_checkpoint_lsn",
@@ -87,34 +88,58 @@ func NewStream(reg prometheus.Registerer) *Stream {
 	f(m.ApplyDuration)
 	f(m.TruncatesTotal)
 	f(m.Skipped)
+	m.Streaming = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_streaming",
+		Help: "1 while the replication stream is connected and applying, 0 while tandem starts, retries or has stopped."})
+	f(m.Streaming)
 	return m
 }
 
-// Health is set by the pipeline: healthy while streaming.
+// Health is set by the pipeline. Ready (/healthz) means streaming and not
+// further behind than a bound; live (/livez) means its loops make
+// progress, which they do while retrying an outage too.
 type Health struct {
 	ok     atomic.Bool
 	reason atomic.Value
+	behind atomic.Value // why a streaming tandem is not ready; "" when caught up
+	Live   Liveness
 }
 
-// Set records the current health.
+// Set records whether tandem streams.
 func (h *Health) Set(ok bool, reason string) {
 	h.ok.Store(ok)
 	h.reason.Store(reason)
 }
 
-// Server serves /metrics and /healthz until ctx ends.
+// SetBehind records why tandem is too far behind to be ready ("" when it
+// is not).
+func (h *Health) SetBehind(reason string) { h.behind.Store(reason) }
+
+// Ready reports readiness and, when not ready, why.
+func (h *Health) Ready() (bool, string) {
+	if !h.ok.Load() {
+		reason, _ := h.reason.Load().(string)
+		return false, reason
+	}
+	if behind, _ := h.behind.Load().(string); behind != "" {
+		return false, behind
+	}
+	return true, ""
+}
+
+// Serve serves /metrics, /healthz (readiness) and /livez (liveness) until
+// ctx ends.
 func Serve(ctx context.Context, listen string, reg *prometheus.Registry, health *Health, extra map[string]http.Handler, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		reason, _ := health.reason.Load().(string)
-		if !health.ok.Load() {
+		if ok, reason := health.Ready(); !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("unhealthy: " + reason + "\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.Handle("/livez", &health.Live)
 	for path, h := range extra {
 		mux.Handle(path, h)
 	}

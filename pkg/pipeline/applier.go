@@ -16,6 +16,7 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/metrics"
 	"github.com/tandem-migrate/tandem/pkg/sink"
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
@@ -49,6 +50,8 @@ type applier struct {
 	stmts     []transform.Stmt
 	counters  map[string]prometheus.Counter
 	broken    bool
+	// beat is the applier's heartbeat (liveness).
+	beat *metrics.Beat
 
 	// groups hold the net changes of Groupable tables until a barrier
 	// (commit, TRUNCATE, a backfill chunk, a size limit).
@@ -75,12 +78,14 @@ func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoi
 	a := &applier{
 		p: p, log: p.base.With("component", "applier"), cfg: p.cfg, src: src, dec: dec,
 		sink:       sink.NewPGSink(tgt, store, p.cfg.Apply.BatchChanges, p.base.With("component", "sink")),
+		beat:       &metrics.Beat{},
 		bySource:   map[string][]*Table{},
 		byOID:      map[uint32][]*transform.Mapping{},
 		configured: map[uint32]string{},
 		durable:    pos,
 		counters:   map[string]prometheus.Counter{},
 	}
+	a.sink.SetTimeout(p.cfg.Apply.StatementTimeout)
 	a.groups = map[*transform.Mapping]*sink.Group{}
 	for i, t := range tables {
 		a.bySource[t.Source.String()] = append(a.bySource[t.Source.String()], t)
@@ -120,11 +125,16 @@ func (a *applier) run(ctx, parent context.Context, events <-chan any) error {
 
 	// No commit timer is needed: a target transaction holding complete
 	// source transactions commits as soon as the queue runs dry, so it
-	// only stays open while more events are already waiting.
+	// only stays open while more events are already waiting. The ticker
+	// only beats: a busy loop picks it now and then too.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for ctx.Err() == nil {
 		var err error
 		select {
 		case <-ctx.Done():
+		case <-tick.C:
+			a.beat.Beat()
 		case ev := <-events:
 			if err = a.handle(opCtx, ev); err == nil && a.shouldCommit(len(events)) {
 				err = a.commit(opCtx)
@@ -415,6 +425,9 @@ func (a *applier) refetch(ctx context.Context, c *change.Change) error {
 		return &FatalError{Err: fmt.Errorf("update of %s kept unchanged values for a row missing on the target, and carries no key to fetch it by", c.Rel.QualifiedName())}
 	}
 	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), pgx.Identifier{c.Rel.Schema, c.Rel.Name}.Sanitize(), strings.Join(where, " AND "))
+	// The old database's link gets the same bound as the new one's.
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.Apply.StatementTimeout)
+	defer cancel()
 	rr := a.src.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
 	var row []change.Value
 	for rr.NextRow() {

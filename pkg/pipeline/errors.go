@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tandem-migrate/tandem/pkg/decoder"
 )
 
 // FatalError stops the daemon: retrying cannot help until a human acts.
@@ -25,8 +27,13 @@ func Retryable(err error) bool {
 		return false
 	}
 	var fatal *FatalError
-	if errors.As(err, &fatal) {
+	var lost *decoder.SlotLostError
+	if errors.As(err, &fatal) || errors.As(err, &lost) {
 		return false
+	}
+	var silent *decoder.SilentError
+	if errors.As(err, &silent) || isRetryError(err) {
+		return true
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

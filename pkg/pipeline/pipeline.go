@@ -22,6 +22,7 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 	"github.com/tandem-migrate/tandem/pkg/metrics"
 )
 
@@ -43,13 +44,17 @@ type Pipeline struct {
 	// streamed is set once a slot was in use, so a slot created on a later
 	// retry is recognised as a loss, not a fresh start.
 	streamed bool
-	lagMu    sync.Mutex
-	samples  []walSample
-}
+	// dec is the current attempt's decoder (nil before the first).
+	dec atomic.Pointer[decoder.Decoder]
+	// beat is the retry loop's heartbeat while it (not the stream) runs.
+	beat *metrics.Beat
 
-type walSample struct {
-	at  time.Time
-	lsn change.LSN
+	lagMu   sync.Mutex
+	samples []walSample // source positions not yet processed, oldest first
+	current change.LSN  // the source's last known position
+	contact time.Time   // last successful poll of the source
+	// slotStatus is the slot's last wal_status seen (poller only).
+	slotStatus string
 }
 
 // New builds a pipeline; reg receives its metrics.
@@ -69,10 +74,33 @@ func (p *Pipeline) Metrics() *metrics.Stream { return p.m }
 // Run streams until ctx is cancelled (clean stop: returns nil) or a fatal
 // error. Retryable errors restart from the checkpoint with backoff.
 func (p *Pipeline) Run(ctx context.Context) error {
-	backoff := p.cfg.Apply.RetryMin
+	// Every call tandem makes is bounded by one of these, so a loop that
+	// goes longer without a beat is stuck, not waiting on a database.
+	p.Health.Live.SetStale(3*p.cfg.Apply.StatementTimeout + p.cfg.Source.ReceiveTimeout)
+	p.beat = p.Health.Live.Join("pipeline")
+	defer func() { p.beat.Leave() }()
+
+	p.lagMu.Lock()
+	p.contact = time.Now() // lag counts from here if the old database is never reached
+	p.lagMu.Unlock()
+	pctx, stopPoll := context.WithCancel(ctx)
+	var pollers sync.WaitGroup
+	pollers.Add(2)
+	go func() { defer pollers.Done(); p.pollSource(pctx) }()
+	go func() { defer pollers.Done(); p.reportLag(pctx) }()
+	defer func() { stopPoll(); pollers.Wait() }()
+
+	lock := newMigrationLock(p.cfg, p.log)
+	defer lock.close()
+	bo := backoff{min: p.cfg.Apply.RetryMin, max: p.cfg.Apply.RetryMax}
 	for {
 		started := time.Now()
-		err := p.runOnce(ctx)
+		p.beat.Beat()
+		err := lock.ensure(ctx)
+		if err == nil {
+			err = p.runOnce(ctx)
+		}
+		p.m.Streaming.Set(0)
 		if ctx.Err() != nil {
 			p.Health.Set(false, "stopped")
 			return nil
@@ -82,18 +110,35 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			p.Health.Set(false, err.Error())
 			return err
 		}
-		if time.Since(started) > time.Minute {
-			backoff = p.cfg.Apply.RetryMin
+		progressed := time.Since(started) > time.Minute
+		if d := p.dec.Load(); d != nil && d.Heard().After(started) {
+			progressed = true
 		}
+		wait := bo.next(progressed)
 		p.Health.Set(false, err.Error())
-		p.log.Warn("stream interrupted; resuming from checkpoint", "err", config.RedactDSN(err.Error()), "retry_in", backoff)
+		p.log.Warn("stream interrupted; resuming from checkpoint", "err", config.RedactDSN(err.Error()), "retry_in", wait)
 		p.m.Reconnects.Inc()
+		if !p.sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// sleep waits d, beating meanwhile; false when ctx ended first.
+func (p *Pipeline) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
+			return false
+		case <-t.C:
+			return true
+		case <-tick.C:
+			p.beat.Beat()
 		}
-		backoff = min(2*backoff, p.cfg.Apply.RetryMax)
 	}
 }
 
@@ -112,43 +157,83 @@ func SourceTables(cfg *config.Config) []string {
 	return out
 }
 
-func connect(ctx context.Context, dsn, which string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, dsn)
+func connect(ctx context.Context, dsn, which string, spec dial.Spec) (*pgx.Conn, error) {
+	conn, err := dial.Open(ctx, dsn, spec)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s database: %w", which, err)
 	}
 	return conn, nil
 }
 
-func (p *Pipeline) runOnce(ctx context.Context) error {
+// setupTimeout bounds the start of an attempt (connections, catalog,
+// publication, checkpoint), so a silent link there is noticed too. Only
+// creating the slot may take longer: it waits for the transactions
+// running on the old database.
+func (p *Pipeline) setupTimeout() time.Duration {
+	return max(p.cfg.Apply.StatementTimeout, p.cfg.Source.ReceiveTimeout) + dial.ConnectTimeout
+}
+
+func (p *Pipeline) runOnce(parent context.Context) error {
 	cfg := p.cfg
-	src, err := connect(ctx, cfg.Source.DSN, "source")
+	ctx, cancelSetup := context.WithTimeout(parent, p.setupTimeout())
+	defer cancelSetup()
+	src, err := connect(ctx, cfg.Source.DSN, "source", dial.Short(cfg.Name, "source"))
 	if err != nil {
 		return err
 	}
-	defer src.Close(context.Background())
-	tgt, err := connect(ctx, cfg.Target.DSN, "target")
+	defer closeConn(src)
+	tgt, err := connect(ctx, cfg.Target.DSN, "target", dial.Apply(cfg.Name, cfg.Apply.StatementTimeout))
 	if err != nil {
 		return err
 	}
-	defer tgt.Close(context.Background())
+	defer closeConn(tgt)
 	if err := prepareTarget(ctx, tgt, cfg.Apply); err != nil {
 		return err
 	}
+	// Before the checkpoint is read: a session that outlived its client
+	// must not commit after that.
+	if err := fenceApply(ctx, tgt, cfg.Name, p.log); err != nil {
+		return err
+	}
+	p.beat.Beat()
 
 	tables, err := Plan(ctx, cfg, src, tgt)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("plan: %w", ctx.Err())
+		}
 		return &FatalError{Err: err}
 	}
 	if err := checkpoint.EnsureSchema(ctx, tgt); err != nil {
 		return err
 	}
 	if err := decoder.EnsurePublication(ctx, src, cfg.Source.Publication, SourceTables(cfg), *cfg.Source.CreatePublication); err != nil {
+		if Retryable(err) {
+			return err // a lock_timeout behind someone's transaction, a lost link
+		}
 		return &FatalError{Err: err}
 	}
-	slot, created, err := decoder.EnsureSlot(ctx, src, cfg.Source.Slot)
+	p.beat.Beat()
+	slot, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
 	if err != nil {
 		return err
+	}
+	if err := decoder.CheckSlot(slot, cfg.Source.Slot); err != nil {
+		return &FatalError{Err: err}
+	}
+	created := false
+	if !slot.Exists {
+		// Not a stuck loop: PostgreSQL waits for running transactions.
+		p.beat.Leave()
+		p.log.Info("creating replication slot; it is ready once the transactions running on the old database have ended", "slot", cfg.Source.Slot)
+		cctx, cancel := context.WithTimeout(parent, time.Hour)
+		slot, err = decoder.CreateSlot(cctx, src, cfg.Source.Slot)
+		cancel()
+		p.beat = p.Health.Live.Join("pipeline")
+		if err != nil {
+			return err
+		}
+		created = true
 	}
 	if created {
 		if p.streamed {
@@ -175,14 +260,11 @@ func (p *Pipeline) runOnce(ctx context.Context) error {
 	p.processed.Store(uint64(pos))
 	p.m.CheckpointLSN.Set(float64(pos))
 
-	poll, err := connect(ctx, cfg.Source.DSN, "source")
-	if err != nil {
-		return err
-	}
-	defer poll.Close(context.Background())
-
-	dec := decoder.New(decoder.Options{DSN: cfg.Source.DSN, Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
-		StatusInterval: 2 * time.Second, Log: p.base.With("component", "decoder")})
+	decBeat := p.Health.Live.Join("decoder")
+	defer decBeat.Leave()
+	dec := decoder.New(decoder.Options{DSN: cfg.Source.DSN, Migration: cfg.Name, Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
+		StatusInterval: 2 * time.Second, ReceiveTimeout: cfg.Source.ReceiveTimeout, Beat: decBeat.Beat, Log: p.base.With("component", "decoder")})
+	p.dec.Store(dec)
 	groupable, err := Groupable(ctx, tgt, tables)
 	if err != nil {
 		return err
@@ -200,85 +282,27 @@ func (p *Pipeline) runOnce(ctx context.Context) error {
 		a.tracker = backfill.NewTracker()
 	}
 
+	// Setup is done: from here every call has its own bound.
+	cancelSetup()
+	appBeat := p.Health.Live.Join("applier")
+	defer appBeat.Leave()
+	a.beat = appBeat
 	// The applier's shutdown must outlive the decoder's: it commits what is
 	// complete after the stream stops.
-	g, gctx := errgroup.WithContext(ctx)
+	g, gctx := errgroup.WithContext(parent)
 	g.Go(func() error { return dec.Run(gctx, pos, events) })
-	g.Go(func() error { return a.run(gctx, ctx, events) })
-	g.Go(func() error { return p.pollLag(gctx, poll, dec.Received) })
+	g.Go(func() error { return a.run(gctx, parent, events) })
 	if len(jobs) > 0 {
 		r := &backfill.Runner{Name: cfg.Name, DSN: cfg.Source.DSN, Workers: cfg.Backfill.Workers, Cfg: cfg.Backfill,
 			Control: p.Backfill, Tracker: a.tracker, Metrics: p.bf, Log: p.base.With("component", "backfill"), Lag: p.Lag}
 		g.Go(func() error { return r.Run(gctx, jobs) })
 	}
 	p.Health.Set(true, "")
+	p.m.Streaming.Set(1)
+	// The stream's loops beat from here on; the retry loop waits.
+	p.beat.Leave()
+	defer func() { p.beat = p.Health.Live.Join("pipeline") }()
 	return g.Wait()
-}
-
-// pollLag samples the source's WAL position to turn "how far behind" into
-// bytes and seconds, and reports the slot's retained WAL.
-func (p *Pipeline) pollLag(ctx context.Context, conn *pgx.Conn, received func() change.LSN) error {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		var cur change.LSN
-		var retained int64
-		err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn(),
-			COALESCE((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), 0)`,
-			p.cfg.Source.Slot).Scan(&cur, &retained)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("poll source lag: %w", err)
-		}
-		p.m.RetainedBytes.Set(float64(retained))
-		p.m.ReceivedLSN.Set(float64(received()))
-		p.observeLag(time.Now(), cur)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-func (p *Pipeline) observeLag(now time.Time, cur change.LSN) {
-	p.lagMu.Lock()
-	defer p.lagMu.Unlock()
-	p.samples = append(p.samples, walSample{at: now, lsn: cur})
-	processed := change.LSN(p.processed.Load())
-	// Drop samples the stream has passed; the oldest remaining one says
-	// since when unprocessed WAL has existed.
-	i := 0
-	for i < len(p.samples) && p.samples[i].lsn <= processed {
-		i++
-	}
-	p.samples = p.samples[i:]
-	if len(p.samples) > 3600 {
-		p.samples = p.samples[len(p.samples)-3600:]
-	}
-	lagBytes := float64(0)
-	if cur > processed {
-		lagBytes = float64(cur - processed)
-	}
-	p.m.LagBytes.Set(lagBytes)
-	if len(p.samples) <= 1 {
-		// Only the sample just taken is ahead: the lag is under one poll.
-		p.m.LagSeconds.Set(0)
-		return
-	}
-	p.m.LagSeconds.Set(now.Sub(p.samples[0].at).Seconds())
-}
-
-// Lag is the current replication lag estimate.
-func (p *Pipeline) Lag() time.Duration {
-	p.lagMu.Lock()
-	defer p.lagMu.Unlock()
-	if len(p.samples) <= 1 {
-		return 0
-	}
-	return time.Since(p.samples[0].at)
 }
 
 func (p *Pipeline) backfillJobs(ctx context.Context, tables []*Table, tgt *pgx.Conn) ([]*backfill.Job, error) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // Preflight checks everything `tandem run` needs without writing anything:
@@ -22,13 +23,13 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var errs []error
-	src, err := pgx.Connect(ctx, cfg.Source.DSN)
+	src, err := dial.Open(ctx, cfg.Source.DSN, dial.Short(cfg.Name, "validate"))
 	if err != nil {
 		errs = append(errs, fmt.Errorf("source.dsn: cannot connect to the old database: %s; check host, port, user and that it is running", config.RedactDSN(err.Error())))
 	} else {
 		defer src.Close(context.Background())
 	}
-	tgt, err := pgx.Connect(ctx, cfg.Target.DSN)
+	tgt, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "validate"))
 	if err != nil {
 		errs = append(errs, fmt.Errorf("target.dsn: cannot connect to the new database: %s; check host, port, user and that it is running", config.RedactDSN(err.Error())))
 	} else {
@@ -37,7 +38,8 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if src == nil || tgt == nil {
 		return nil, errors.Join(errs...)
 	}
-	errs = append(errs, sourceChecks(ctx, cfg, src)...)
+	srcErrs, slotNotes := sourceChecks(ctx, cfg, src)
+	errs = append(errs, srcErrs...)
 	tables, err := Plan(ctx, cfg, src, tgt)
 	if err != nil {
 		errs = append(errs, err)
@@ -45,7 +47,7 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if err := targetChecks(ctx, cfg, tgt, tables); err != nil {
 		errs = append(errs, err)
 	}
-	return Describe(tables), errors.Join(errs...)
+	return append(slotNotes, Describe(tables)...), errors.Join(errs...)
 }
 
 // targetChecks makes sure rows can land in the new schema in the order
@@ -91,12 +93,13 @@ func foreignKeys(ctx context.Context, tgt *pgx.Conn, tables []*Table) ([]string,
 	return fks, nil
 }
 
-func sourceChecks(ctx context.Context, cfg *config.Config, src *pgx.Conn) []error {
+func sourceChecks(ctx context.Context, cfg *config.Config, src *pgx.Conn) ([]error, []string) {
 	var errs []error
+	var notes []string
 	var walLevel string
 	var version int
 	if err := src.QueryRow(ctx, `SELECT current_setting('wal_level'), current_setting('server_version_num')::int`).Scan(&walLevel, &version); err != nil {
-		return append(errs, fmt.Errorf("source: read settings: %w", err))
+		return append(errs, fmt.Errorf("source: read settings: %w", err)), nil
 	}
 	if walLevel != "logical" {
 		errs = append(errs, fmt.Errorf("source: wal_level is %q, logical decoding needs wal_level = logical: set it in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the old database", walLevel))
@@ -112,10 +115,16 @@ func sourceChecks(ctx context.Context, cfg *config.Config, src *pgx.Conn) []erro
 	}
 	si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
 	if err != nil {
-		return append(errs, err)
+		return append(errs, err), notes
 	}
 	if si.Exists && si.Plugin != "pgoutput" {
 		errs = append(errs, fmt.Errorf("source.slot: slot %s uses plugin %s, not pgoutput: pick another name or drop it", cfg.Source.Slot, si.Plugin))
+	}
+	if err := si.LostError(cfg.Source.Slot); err != nil {
+		errs = append(errs, fmt.Errorf("source.slot: %w", err))
+	}
+	if si.WALStatus == "unreserved" {
+		notes = append(notes, fmt.Sprintf("WARNING: replication slot %s is unreserved: it holds %d bytes of WAL, more than max_slot_wal_keep_size allows, and the old database invalidates it at its next checkpoint unless tandem catches up first; once lost, the migration must start over. Raise max_slot_wal_keep_size now.", cfg.Source.Slot, si.RetainedBytes))
 	}
 	if !si.Exists {
 		var free int
@@ -124,5 +133,5 @@ func sourceChecks(ctx context.Context, cfg *config.Config, src *pgx.Conn) []erro
 			errs = append(errs, fmt.Errorf("source: no free replication slot (max_replication_slots reached): raise max_replication_slots and restart, or drop an unused slot"))
 		}
 	}
-	return errs
+	return errs, notes
 }

@@ -38,6 +38,9 @@ func (a *applier) skipped(table, reason string) {
 // message and type-checked on the target; if it no longer applies, the
 // daemon stops with the reason rather than write wrong rows.
 func (a *applier) onRelation(ctx context.Context, rel *change.Relation) error {
+	// Catalog work on both databases, bounded like every apply call.
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.Apply.StatementTimeout)
+	defer cancel()
 	tables := a.bySource[rel.QualifiedName()]
 	if len(tables) == 0 {
 		var err error

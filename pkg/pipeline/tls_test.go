@@ -82,7 +82,7 @@ func TestStreamOverTLS(t *testing.T) {
 
 	var walsenderSSL bool
 	if err := src.QueryRow(ctx, `SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-		WHERE a.backend_type = 'walsender' AND a.application_name = 'tandem'`).Scan(&walsenderSSL); err != nil {
+		WHERE a.backend_type = 'walsender' AND a.application_name LIKE 'tandem/%/replication'`).Scan(&walsenderSSL); err != nil {
 		t.Fatalf("find tandem's walsender: %v", err)
 	}
 	var unencrypted int

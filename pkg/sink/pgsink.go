@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -98,6 +99,24 @@ type PGSink struct {
 	missing  []Origin
 	// staging lists the session's staging tables created so far.
 	staging map[string]bool
+	// timeout bounds each call to the target (apply.statement_timeout).
+	timeout time.Duration
+}
+
+// SetTimeout bounds every call to the target from now on: a batch, a COPY,
+// a query, a commit. A link that stops carrying bytes without closing
+// would otherwise hang the applier for good; with a deadline the call
+// fails, the connection is closed and the pipeline resumes from its
+// checkpoint. The bound must exceed the longest legitimate call: the COPY
+// of the largest backfill chunk.
+func (s *PGSink) SetTimeout(d time.Duration) { s.timeout = d }
+
+// bound derives the context of one call.
+func (s *PGSink) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.timeout)
 }
 
 // TakeMissing returns (and forgets) the NeedRow statements that matched no
@@ -138,6 +157,8 @@ func (s *PGSink) statement(ctx context.Context, sql string) (string, error) {
 		}
 	}
 	name := fmt.Sprintf("tandem_%d", len(s.prepared)+1)
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if _, err := s.conn.PgConn().Prepare(ctx, name, sql, nil); err != nil {
 		return "", fmt.Errorf("prepare on target: %w", err)
 	}
@@ -176,13 +197,15 @@ func (s *PGSink) Flush(ctx context.Context) error {
 	}
 	batch, origins := s.batch, s.origins
 	s.batch, s.origins = &pgconn.Batch{}, s.origins[:0:0]
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	mrr := s.conn.PgConn().ExecBatch(ctx, batch)
 	var first error
 	i := 0
 	for ; mrr.NextResult(); i++ {
 		tag, err := mrr.ResultReader().Close()
 		if err != nil && first == nil {
-			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: err}
+			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: s.callError(ctx, err)}
 		}
 		if err == nil && i < len(origins) && origins[i].NeedRow && tag.RowsAffected() == 0 {
 			s.missing = append(s.missing, origins[i])
@@ -195,7 +218,7 @@ func (s *PGSink) Flush(ctx context.Context) error {
 		if errors.As(err, &pgErr) {
 			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: err}
 		} else {
-			first = fmt.Errorf("target: %w", err)
+			first = s.callError(ctx, err)
 		}
 	}
 	if first != nil {
@@ -213,17 +236,19 @@ func (s *PGSink) CopyIn(ctx context.Context, ddl, copySQL string, rows io.Reader
 	if err := s.Flush(ctx); err != nil { // BEGIN and what was queued
 		return err
 	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if ddl != "" {
 		if _, err := s.conn.PgConn().Exec(ctx, ddl).ReadAll(); err != nil {
 			s.inTx = false
 			s.abort()
-			return &ApplyError{Origin: o, Err: err}
+			return &ApplyError{Origin: o, Err: s.callError(ctx, err)}
 		}
 	}
 	if _, err := s.conn.PgConn().CopyFrom(ctx, rows, copySQL); err != nil {
 		s.inTx = false
 		s.abort()
-		return &ApplyError{Origin: o, Err: err}
+		return &ApplyError{Origin: o, Err: s.callError(ctx, err)}
 	}
 	return nil
 }
@@ -235,11 +260,13 @@ func (s *PGSink) QueryBool(ctx context.Context, sql string, params [][]byte, o O
 	if err := s.Flush(ctx); err != nil {
 		return false, err
 	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	res := s.conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
 	if res.Err != nil {
 		s.inTx = false
 		s.abort()
-		return false, &ApplyError{Origin: o, Err: res.Err}
+		return false, &ApplyError{Origin: o, Err: s.callError(ctx, res.Err)}
 	}
 	return len(res.Rows) == 1 && len(res.Rows[0]) == 1 && string(res.Rows[0][0]) == "t", nil
 }
@@ -291,6 +318,34 @@ func (s *PGSink) Rollback(ctx context.Context) error {
 		return nil
 	}
 	s.inTx = false
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	_, err := s.conn.Exec(ctx, "ROLLBACK")
 	return err
+}
+
+// TimeoutError is a call to the target that did not finish within
+// apply.statement_timeout; the connection is closed and the pipeline
+// resumes from its checkpoint.
+type TimeoutError struct {
+	Timeout time.Duration
+	Err     error
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("target: no answer within %s (apply.statement_timeout): the link or the new database is unresponsive, or a statement waited that long (for a lock?); reconnecting: %v", e.Timeout, e.Err)
+}
+
+func (e *TimeoutError) Unwrap() error { return e.Err }
+
+// callError names a deadline that expired as the apply timeout rather than
+// as whatever the driver reported; other errors pass through.
+func (s *PGSink) callError(ctx context.Context, err error) error {
+	if s.timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &TimeoutError{Timeout: s.timeout, Err: context.DeadlineExceeded}
+	}
+	if _, ok := err.(*pgconn.PgError); ok {
+		return err
+	}
+	return fmt.Errorf("target: %w", err)
 }

@@ -11,13 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/tandem-migrate/tandem/pkg/catalog"
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // Report is the status of one migration.
@@ -28,6 +27,12 @@ type Report struct {
 	SlotActive    bool   `json:"slot_active"`
 	ConfirmedLSN  string `json:"confirmed_lsn,omitempty"`
 	RetainedBytes int64  `json:"slot_retained_wal_bytes"`
+	// WALStatus and SafeWALBytes say how close the slot is to being
+	// invalidated by max_slot_wal_keep_size (SafeWALBytes is absent when
+	// there is no such limit); SlotLost explains an invalidated slot.
+	WALStatus     string `json:"slot_wal_status,omitempty"`
+	SafeWALBytes  *int64 `json:"slot_safe_wal_bytes,omitempty"`
+	SlotLost      string `json:"slot_lost,omitempty"`
 	CheckpointLSN string `json:"checkpoint_lsn,omitempty"`
 	LagBytes      int64  `json:"lag_bytes"`
 	// LagSeconds is the running daemon's own figure (lag.go); absent when
@@ -51,12 +56,12 @@ type TableState struct {
 
 // Gather reads the status from both databases; it writes nothing.
 func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
-	src, err := pgx.Connect(ctx, cfg.Source.DSN)
+	src, err := dial.Open(ctx, cfg.Source.DSN, dial.Short(cfg.Name, "status"))
 	if err != nil {
 		return nil, fmt.Errorf("source.dsn: cannot connect to the old database: %w", err)
 	}
 	defer src.Close(context.Background())
-	tgt, err := pgx.Connect(ctx, cfg.Target.DSN)
+	tgt, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "status"))
 	if err != nil {
 		return nil, fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
 	}
@@ -68,6 +73,10 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 		return nil, err
 	}
 	r.SlotExists, r.SlotActive, r.RetainedBytes = si.Exists, si.Active, si.RetainedBytes
+	r.WALStatus, r.SafeWALBytes = si.WALStatus, si.SafeWALSize
+	if err := si.LostError(cfg.Source.Slot); err != nil {
+		r.SlotLost = err.Error()
+	}
 	if si.Exists {
 		r.ConfirmedLSN = si.ConfirmedFlush.String()
 	}
@@ -145,7 +154,10 @@ func (r *Report) Text(w io.Writer) {
 		if r.SlotActive {
 			state = "active"
 		}
-		slot = fmt.Sprintf("%s, confirmed %s, holding %s of WAL", state, r.ConfirmedLSN, bytesText(r.RetainedBytes))
+		slot = fmt.Sprintf("%s, confirmed %s, holding %s of WAL%s", state, r.ConfirmedLSN, bytesText(r.RetainedBytes), r.walBudget())
+	}
+	if r.SlotLost != "" {
+		slot = "LOST: " + r.SlotLost
 	}
 	fmt.Fprintf(w, "migration %s\n  slot %s: %s\n", r.Migration, r.Slot, slot)
 	if r.CheckpointLSN != "" {
@@ -177,6 +189,20 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(tw, "%s -> %s\t%d\t%d\t%s\t%s\t%s\n", t.Source, t.Target, t.RowsCopied, t.EstimatedRows, state, rate, eta)
 	}
 	tw.Flush()
+}
+
+// walBudget says how much WAL may still be written before the slot is
+// lost, and warns once it is past max_slot_wal_keep_size.
+func (r *Report) walBudget() string {
+	switch {
+	case r.WALStatus == "unreserved":
+		return "; WARNING: unreserved, past max_slot_wal_keep_size: the old database invalidates it at its next checkpoint unless tandem catches up (raise max_slot_wal_keep_size now)"
+	case r.SafeWALBytes != nil:
+		return fmt.Sprintf(" (%s; %s more before max_slot_wal_keep_size invalidates it)", r.WALStatus, bytesText(max(*r.SafeWALBytes, 0)))
+	case r.WALStatus != "":
+		return " (" + r.WALStatus + ")"
+	}
+	return ""
 }
 
 func bar(pct float64) string {

@@ -128,12 +128,12 @@ func (s *Shadow) Run(ctx context.Context) error {
 
 // session connects and rotates over the tables until an error.
 func (s *Shadow) session(ctx context.Context, progressed func()) error {
-	src, err := Connect(ctx, s.cfg.Source.DSN)
+	src, err := ConnectFor(ctx, s.cfg.Source.DSN, s.cfg.Name)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	tgt, err := Connect(ctx, s.cfg.Target.DSN)
+	tgt, err := ConnectFor(ctx, s.cfg.Target.DSN, s.cfg.Name)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // Options tunes one verification.
@@ -84,28 +85,35 @@ func (o Options) withDefaults(cfg *config.Config) Options {
 // ConnConfig parses dsn into a connection config for verification: the
 // canonical session settings are sent at startup and every transaction is
 // read-only, so the server itself refuses any write.
-func ConnConfig(dsn string) (*pgx.ConnConfig, error) {
-	cc, err := pgx.ParseConfig(dsn)
+func ConnConfig(dsn string) (*pgx.ConnConfig, error) { return ConnConfigFor(dsn, "") }
+
+// ConnConfigFor is ConnConfig for a named migration (application_name
+// tandem/<migration>/verify). Checksumming a range is a long read
+// (dial.Long).
+func ConnConfigFor(dsn, migration string) (*pgx.ConnConfig, error) {
+	cc, err := dial.Config(dsn, dial.Long(migration, "verify"))
 	if err != nil {
-		return nil, fmt.Errorf("parse DSN: %s", config.RedactDSN(err.Error()))
+		return nil, err
 	}
 	for _, s := range sessionSettings {
 		cc.RuntimeParams[s.name] = s.value
 	}
 	cc.RuntimeParams["default_transaction_read_only"] = "on"
-	cc.RuntimeParams["application_name"] = "tandem-verify"
 	return cc, nil
 }
 
 // Connect opens a connection configured by ConnConfig.
-func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	cc, err := ConnConfig(dsn)
+func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) { return ConnectFor(ctx, dsn, "") }
+
+// ConnectFor opens a connection configured by ConnConfigFor.
+func ConnectFor(ctx context.Context, dsn, migration string) (*pgx.Conn, error) {
+	cc, err := ConnConfigFor(dsn, migration)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, err := dial.OpenConfig(ctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %s", config.RedactDSN(err.Error()))
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	return conn, nil
 }
