@@ -98,8 +98,13 @@ func TestKubernetesManifests(t *testing.T) {
 	if got := str(dep, "spec", "strategy", "type"); got != "Recreate" {
 		t.Errorf("deployment: strategy %s, want Recreate", got)
 	}
-	if get(c, "livenessProbe") != nil {
-		t.Error("deployment: a livenessProbe on /healthz would restart tandem while it retries an outage by itself")
+	// /healthz is 503 while tandem retries an outage by itself: liveness on
+	// it would restart tandem in the middle of recovering.
+	if got := str(c, "livenessProbe", "httpGet", "path"); got != "/livez" {
+		t.Errorf("deployment: liveness probe path %s, want /livez", got)
+	}
+	if got := str(c, "livenessProbe", "httpGet", "port"); got != "metrics" {
+		t.Errorf("deployment: liveness probe port %s, want the port named metrics", got)
 	}
 	if got := str(c, "readinessProbe", "httpGet", "path"); got != "/healthz" {
 		t.Errorf("deployment: readiness probe path %s, want /healthz", got)
