@@ -37,7 +37,10 @@ type applier struct {
 	// configured maps each configured source table's OID to its name, to
 	// tell a renamed table from one outside the migration.
 	configured map[uint32]string
-	tracker    *backfill.Tracker
+	// leafSeen remembers the partitions already reported as arriving
+	// under their own names.
+	leafSeen map[uint32]bool
+	tracker  *backfill.Tracker
 
 	durable   change.LSN // committed on the target
 	pending   change.LSN // end of the last source commit in the open target tx
@@ -82,6 +85,7 @@ func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoi
 		bySource:   map[string][]*Table{},
 		byOID:      map[uint32][]*transform.Mapping{},
 		configured: map[uint32]string{},
+		leafSeen:   map[uint32]bool{},
 		durable:    pos,
 		counters:   map[string]prometheus.Counter{},
 	}
@@ -493,6 +497,11 @@ func (a *applier) onChangeMapped(ctx context.Context, c *change.Change, count bo
 			a.skipped(c.Rel.QualifiedName(), skipNotConfigured)
 		}
 		return nil
+	}
+	if c.Rel.Leaf != "" && !a.leafSeen[c.Rel.OID] {
+		a.leafSeen[c.Rel.OID] = true
+		a.log.Info("the publication sends a partition's changes under its own name; they go to the mapping of its partitioned table",
+			"partition", c.Rel.Leaf, "table", c.Rel.QualifiedName())
 	}
 	for _, m := range maps {
 		if g := a.groups[m]; g != nil {

@@ -92,8 +92,10 @@ func (a *applier) adopt(ctx context.Context, rel *change.Relation) ([]*Table, er
 	case err == nil:
 		root := schema + "." + name
 		if tables := a.bySource[root]; len(tables) > 0 {
-			a.log.Info("partition published under its own name; its changes go to the mapping of its partitioned table",
-				"partition", rel.QualifiedName(), "table", root)
+			// PostgreSQL 15 sends a partition's Relation message even when
+			// its changes come under the root, so this is only worth
+			// saying once a change arrives under the partition's name.
+			a.log.Debug("partition mapped to its partitioned table", "partition", rel.QualifiedName(), "table", root)
 			rel.Leaf = rel.QualifiedName()
 			rel.Schema, rel.Name = schema, name
 			return tables, nil
