@@ -46,7 +46,9 @@ func (si SlotInfo) LostError(slot string) error {
 	if !si.Lost() {
 		return nil
 	}
-	reason := "pg_replication_slots.wal_status is lost"
+	// Before PostgreSQL 17 a lost wal_status is the only word, and it means
+	// WAL was removed.
+	reason := "the old database removed WAL it still needed (pg_replication_slots.wal_status is lost: it fell more than max_slot_wal_keep_size behind)"
 	switch si.InvalidationReason {
 	case "":
 	case "wal_removed":
