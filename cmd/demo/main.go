@@ -10,7 +10,10 @@
 // Ctrl-C (or TANDEM_DEMO_SECONDS) stops it in the order an operator would:
 // the writer, then (once the backfill is complete) an independent
 // comparison, `tandem verify` and `tandem status`, then tandem (SIGTERM),
-// then `tandem teardown`, then the clusters.
+// then `tandem teardown`, then the clusters. It exits 0 after a clean stop,
+// also when its output is gone (`make demo | tee log`, whose tee the same
+// Ctrl-C ends). What a demo killed outright leaves behind is stopped and
+// removed when the next one starts (stale.go).
 package main
 
 import (
@@ -72,6 +75,12 @@ type demo struct {
 
 func run() (err error) {
 	d := &demo{started: time.Now()}
+	// `make demo | tee log` and Ctrl-C: the terminal's SIGINT ends tee as
+	// well, and the next line the demo prints goes to a closed pipe. By
+	// default Go dies of SIGPIPE there, before the cleanup below, leaving
+	// tandem and both clusters running with nobody to stop them. Ignored,
+	// the write fails (the output is lost) and the stop goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	// The first Ctrl-C starts an orderly stop; later ones must not cut the
 	// cleanup short and leave servers running.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -101,8 +110,15 @@ func run() (err error) {
 	if d.root, err = repoRoot(); err != nil {
 		return err
 	}
-	if d.scratch, err = os.MkdirTemp("", "tandem-demo-"); err != nil {
-		return fmt.Errorf("scratch directory: %w", err)
+	removed, errs := removeStale("")
+	for _, r := range removed {
+		fmt.Println(r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w\n(stop those processes and remove the directory by hand)", err)
+	}
+	if d.scratch, err = newScratch(""); err != nil {
+		return err
 	}
 	defer func() {
 		if cerr := d.cleanup(); cerr != nil {
@@ -173,6 +189,10 @@ func (d *demo) start(ctx context.Context, stop context.CancelFunc) (*summary, er
 		"TANDEM_SOURCE_DSN=" + d.old.DSN("postgres"),
 		"TANDEM_TARGET_DSN=" + d.new.DSN("postgres"),
 		"TANDEM_METRICS_LISTEN=" + d.metrics,
+		// Its own socket, so that two demos at once, or a demo beside a
+		// test, never meet (`tandem backfill` commands find it through
+		// the same variable).
+		"TANDEM_CONTROL_SOCKET=" + filepath.Join(d.scratch, "control.sock"),
 	}
 	fmt.Printf("config %s, with TANDEM_SOURCE_DSN, TANDEM_TARGET_DSN and TANDEM_METRICS_LISTEN=%s\n", configPath, d.metrics)
 
@@ -466,9 +486,13 @@ func (d *demo) startTandem() error {
 	// Its own process group: Ctrl-C in the terminal reaches only the demo,
 	// which stops the writer first and then tandem, as an operator would.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	dieWithDemo(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start tandem run: %w", err)
+	}
+	if err := writePID(d.scratch, tandemPIDFile, cmd.Process.Pid); err != nil {
+		fmt.Println(err) // only the next demo's clean-up would miss it
 	}
 	d.tandem, d.exited, d.tandemStarted = cmd, make(chan struct{}), time.Now()
 	go func() {
