@@ -1,4 +1,5 @@
 // Package change defines the events that flow decoder -> transform -> sink.
+// The decoder produces them; the pipeline's applier consumes them.
 // Values stay in PostgreSQL's text output form from pgoutput to the target's
 // input functions, so no Go type ever narrows a numeric, a timestamp or a
 // jsonb on the way.
@@ -13,6 +14,26 @@ import (
 
 // LSN is a WAL position.
 type LSN = pglogrepl.LSN
+
+// Event is one item of the decoded stream, in WAL order. The set is
+// closed: only this package's types implement it, so a consumer's type
+// switch can name every case.
+type Event interface{ event() }
+
+func (*Begin) event()    {}
+func (*Commit) event()   {}
+func (*Change) event()   {}
+func (*Relation) event() {}
+func (*Message) event()  {}
+func (*Origin) event()   {}
+func (Idle) event()      {}
+
+// Idle reports a keepalive received outside any transaction: everything
+// the server had to send up to WALEnd has been sent, and none of it was
+// for us.
+type Idle struct {
+	WALEnd LSN
+}
 
 // Op is the kind of a row change.
 type Op byte

@@ -289,6 +289,11 @@ func (c *Config) Validate() error {
 	default:
 		add("log.format", "%q is not one of text, json", c.Log.Format)
 	}
+	if c.NATS != (NATSConfig{}) {
+		// Accepting the section would let a user believe changes are being
+		// published.
+		add("nats", "publishing to NATS JetStream is not built yet; remove the nats: section (and TANDEM_NATS_URL)")
+	}
 	if len(c.Tables) == 0 {
 		add("tables", "at least one table mapping is required")
 	}

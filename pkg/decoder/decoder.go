@@ -19,12 +19,6 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
-// Idle reports a keepalive received outside any transaction: everything the
-// server had to send up to WALEnd has been sent.
-type Idle struct {
-	WALEnd change.LSN
-}
-
 // Options configure a Decoder.
 type Options struct {
 	DSN         string
@@ -118,11 +112,10 @@ func (e *SilentError) Error() string {
 }
 
 // Run streams from start (0: the slot's confirmed position) into out until
-// ctx ends or the connection fails. Events are *change.Begin,
-// *change.Commit, *change.Change, *change.Relation, *change.Message,
-// *change.Origin and Idle. Sends block while out is full, but the durable
-// position keeps being reported meanwhile so the server does not time out.
-func (d *Decoder) Run(ctx context.Context, start change.LSN, out chan<- any) error {
+// ctx ends or the connection fails. Sends block while out is full, but the
+// durable position keeps being reported meanwhile so the server does not
+// time out.
+func (d *Decoder) Run(ctx context.Context, start change.LSN, out chan<- change.Event) error {
 	conn, err := Connect(ctx, d.opts.DSN, d.opts.Migration)
 	if err != nil {
 		return err
@@ -168,7 +161,7 @@ func (d *Decoder) Run(ctx context.Context, start change.LSN, out chan<- any) err
 type stream struct {
 	d      *Decoder
 	conn   *pgconn.PgConn
-	out    chan<- any
+	out    chan<- change.Event
 	ticker *time.Ticker
 	inTx   bool
 	sent   change.LSN
@@ -199,7 +192,7 @@ func (s *stream) status(ctx context.Context, reply bool) error {
 	return nil
 }
 
-func (s *stream) emit(ctx context.Context, ev any) error {
+func (s *stream) emit(ctx context.Context, ev change.Event) error {
 	for {
 		select {
 		case s.out <- ev:
@@ -330,7 +323,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 			}
 		}
 		if !s.inTx {
-			return s.emit(ctx, Idle{WALEnd: ka.ServerWALEnd})
+			return s.emit(ctx, change.Idle{WALEnd: ka.ServerWALEnd})
 		}
 		return nil
 	case pglogrepl.XLogDataByteID:
@@ -360,7 +353,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 
 // decode turns one pgoutput message into an event (nil for messages the
 // pipeline does not need).
-func (d *Decoder) decode(wal []byte) (any, error) {
+func (d *Decoder) decode(wal []byte) (change.Event, error) {
 	msg, err := pglogrepl.Parse(wal)
 	if err != nil {
 		return nil, err

@@ -106,7 +106,7 @@ func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoi
 // back and will be redelivered. Database calls run on opCtx, which outlives
 // a clean stop by the shutdown timeout, so a statement in flight when the
 // signal arrives finishes instead of breaking the final flush.
-func (a *applier) run(ctx, parent context.Context, events <-chan any) error {
+func (a *applier) run(ctx, parent context.Context, events <-chan change.Event) error {
 	opCtx, cancelOp := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelOp()
 	finished := make(chan struct{})
@@ -213,7 +213,7 @@ func (a *applier) commit(ctx context.Context) error {
 	return nil
 }
 
-func (a *applier) handle(ctx context.Context, ev any) error {
+func (a *applier) handle(ctx context.Context, ev change.Event) error {
 	switch e := ev.(type) {
 	case *change.Begin:
 		a.inSrcTx = true
@@ -240,7 +240,7 @@ func (a *applier) handle(ctx context.Context, ev any) error {
 			return nil
 		}
 		return a.onChange(ctx, e)
-	case decoder.Idle:
+	case change.Idle:
 		return a.onIdle(ctx, e.WALEnd)
 	case *change.Message:
 		if a.skip {

@@ -272,7 +272,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	a := newApplier(p, tables, src, tgt, store, dec, pos, groupable)
 	// Deep enough that the decoder keeps reading while the applier waits on
 	// the target: at 100k changes/s a 50 ms flush is 5000 events.
-	events := make(chan any, 16384)
+	events := make(chan change.Event, 16384)
 
 	var jobs []*backfill.Job
 	if cfg.Backfill.IsEnabled() {
