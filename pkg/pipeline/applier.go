@@ -341,7 +341,7 @@ func (a *applier) onChangeMapped(ctx context.Context, c *change.Change, count bo
 			return &FatalError{Err: fmt.Errorf("transform %s: %w", m.SourceName, err)}
 		}
 		for _, st := range a.stmts {
-			if err := a.sink.Queue(ctx, st, sink.Origin{Table: m.TargetName, Change: c, NeedRow: st.NeedRow}); err != nil {
+			if err := a.sink.Queue(ctx, st, sink.Cause{Table: m.TargetName, Change: c, NeedRow: st.NeedRow}); err != nil {
 				return classifyApply(err)
 			}
 		}
@@ -376,7 +376,7 @@ func (a *applier) onTruncate(ctx context.Context, c *change.Change) error {
 	if err := a.flushGroups(ctx); err != nil {
 		return err
 	}
-	a.sink.Exec("TRUNCATE "+strings.Join(targets, ", "), nil, sink.Origin{What: "TRUNCATE " + strings.Join(targets, ", ")})
+	a.sink.Exec("TRUNCATE "+strings.Join(targets, ", "), nil, sink.Cause{What: "TRUNCATE " + strings.Join(targets, ", ")})
 	a.p.m.TruncatesTotal.Inc()
 	a.txChanges++
 	return nil

@@ -34,12 +34,12 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 	defer c.Release()
 	j := c.Job
 	m := j.Mapping
-	origin := sink.Origin{What: fmt.Sprintf("backfill chunk of %s after key %v", j.Name(), c.Cursor)}
+	cause := sink.Cause{What: fmt.Sprintf("backfill chunk of %s after key %v", j.Name(), c.Cursor)}
 	// Stream changes before the high watermark must land first.
 	if err := a.flushGroups(ctx); err != nil {
 		return err
 	}
-	direct, err := a.copyDirect(ctx, c, origin)
+	direct, err := a.copyDirect(ctx, c, cause)
 	if err != nil {
 		return err
 	}
@@ -53,11 +53,11 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 				a.staged.AddRaw('u', row)
 			}
 		}
-		if err := a.sink.ApplyStaged(ctx, m, j.StageName(), &a.staged, origin); err != nil {
+		if err := a.sink.ApplyStaged(ctx, m, j.StageName(), &a.staged, cause); err != nil {
 			return classifyApply(err)
 		}
 	}
-	a.sink.Exec(backfill.ProgressSQL, backfill.ProgressParams(a.cfg.Name, c, len(c.Rows)), origin)
+	a.sink.Exec(backfill.ProgressSQL, backfill.ProgressParams(a.cfg.Name, c, len(c.Rows)), cause)
 	a.txChanges += len(c.Rows)
 	a.p.bf.Rows.WithLabelValues(j.Name()).Add(float64(len(c.Rows)))
 	path := "upsert"
@@ -74,7 +74,7 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 // and the COPY share the applier's transaction, and the applier is the
 // target's only writer, so nothing can slip in between. It reports false
 // when the chunk must take the staged path.
-func (a *applier) copyDirect(ctx context.Context, c *backfill.Chunk, o sink.Origin) (bool, error) {
+func (a *applier) copyDirect(ctx context.Context, c *backfill.Chunk, o sink.Cause) (bool, error) {
 	j, rows := c.Job, c.Rows
 	m := j.Mapping
 	d, ok := j.Direct()

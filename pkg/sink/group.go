@@ -175,7 +175,7 @@ func (s *PGSink) FlushGroup(ctx context.Context, g *Group) error {
 		return nil
 	}
 	if g.Len() >= smallGroup {
-		return s.ApplyStaged(ctx, g.Mapping, g.Stage, g.stage(), Origin{What: "grouped changes of " + g.Mapping.TargetName})
+		return s.ApplyStaged(ctx, g.Mapping, g.Stage, g.stage(), Cause{What: "grouped changes of " + g.Mapping.TargetName})
 	}
 	m := g.Mapping
 	queue := func(c *change.Change) error {
@@ -184,7 +184,7 @@ func (s *PGSink) FlushGroup(ctx context.Context, g *Group) error {
 			return err
 		}
 		for _, st := range sts {
-			if err := s.Queue(ctx, st, Origin{Table: m.TargetName, Change: c}); err != nil {
+			if err := s.Queue(ctx, st, Cause{Table: m.TargetName, Change: c}); err != nil {
 				return err
 			}
 		}

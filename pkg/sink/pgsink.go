@@ -21,9 +21,9 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
 
-// Origin says which source change a statement came from, rendered only
+// Cause says which source change a statement came from, rendered only
 // when it fails.
-type Origin struct {
+type Cause struct {
 	Table  string // target table
 	Change *change.Change
 	What   string // for statements that are not row changes
@@ -33,7 +33,7 @@ type Origin struct {
 	NeedRow bool
 }
 
-func (o Origin) String() string {
+func (o Cause) String() string {
 	if o.Change == nil {
 		return o.What
 	}
@@ -70,7 +70,7 @@ func RowKey(c *change.Change) string {
 
 // ApplyError is a statement the target refused.
 type ApplyError struct {
-	Origin Origin
+	Cause Cause
 	Err    error
 }
 
@@ -78,9 +78,9 @@ func (e *ApplyError) Error() string {
 	var pgErr *pgconn.PgError
 	if errors.As(e.Err, &pgErr) && pgErr.Code == "23505" {
 		return fmt.Sprintf("apply %s: conflicts with unique constraint %s of the new schema (%s); tandem never overwrites another row: fix the row on the old database or relax the constraint, then restart",
-			e.Origin, pgErr.ConstraintName, pgErr.Detail)
+			e.Cause, pgErr.ConstraintName, pgErr.Detail)
 	}
-	return fmt.Sprintf("apply %s: %v", e.Origin, e.Err)
+	return fmt.Sprintf("apply %s: %v", e.Cause, e.Err)
 }
 
 func (e *ApplyError) Unwrap() error { return e.Err }
@@ -94,9 +94,9 @@ type PGSink struct {
 
 	prepared map[string]string
 	batch    *pgconn.Batch
-	origins  []Origin
+	causes  []Cause
 	inTx     bool
-	missing  []Origin
+	missing  []Cause
 	// staging lists the session's staging tables created so far.
 	staging map[string]bool
 	// timeout bounds each call to the target (apply.statement_timeout).
@@ -121,7 +121,7 @@ func (s *PGSink) bound(ctx context.Context) (context.Context, context.CancelFunc
 
 // TakeMissing returns (and forgets) the NeedRow statements that matched no
 // row since the last call.
-func (s *PGSink) TakeMissing() []Origin {
+func (s *PGSink) TakeMissing() []Cause {
 	m := s.missing
 	s.missing = nil
 	return m
@@ -141,7 +141,7 @@ func (s *PGSink) InTx() bool { return s.inTx }
 func (s *PGSink) begin() {
 	if !s.inTx {
 		s.batch.ExecParams("BEGIN", nil, nil, nil, nil)
-		s.origins = append(s.origins, Origin{What: "BEGIN"})
+		s.causes = append(s.causes, Cause{What: "BEGIN"})
 		s.inTx = true
 	}
 }
@@ -151,7 +151,7 @@ func (s *PGSink) statement(ctx context.Context, sql string) (string, error) {
 		return name, nil
 	}
 	// Preparing needs the connection idle: send what is queued first.
-	if len(s.origins) > 0 {
+	if len(s.causes) > 0 {
 		if err := s.Flush(ctx); err != nil {
 			return "", err
 		}
@@ -168,7 +168,7 @@ func (s *PGSink) statement(ctx context.Context, sql string) (string, error) {
 
 // Queue adds one statement to the open target transaction, opening one if
 // needed; it sends the batch once it is full.
-func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Origin) error {
+func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Cause) error {
 	name, err := s.statement(ctx, st.SQL)
 	if err != nil {
 		// A failure of the batch sent to free the connection already names
@@ -177,12 +177,12 @@ func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Origin) error {
 		if errors.As(err, &ae) {
 			return err
 		}
-		return &ApplyError{Origin: o, Err: err}
+		return &ApplyError{Cause: o, Err: err}
 	}
 	s.begin()
 	s.batch.ExecPrepared(name, st.Params, nil, nil)
-	s.origins = append(s.origins, o)
-	if len(s.origins) >= s.batchSize {
+	s.causes = append(s.causes, o)
+	if len(s.causes) >= s.batchSize {
 		return s.Flush(ctx)
 	}
 	return nil
@@ -192,11 +192,11 @@ func (s *PGSink) Queue(ctx context.Context, st transform.Stmt, o Origin) error {
 // After an error the target transaction is gone; the caller restarts from
 // the checkpoint.
 func (s *PGSink) Flush(ctx context.Context) error {
-	if len(s.origins) == 0 {
+	if len(s.causes) == 0 {
 		return nil
 	}
-	batch, origins := s.batch, s.origins
-	s.batch, s.origins = &pgconn.Batch{}, s.origins[:0:0]
+	batch, causes := s.batch, s.causes
+	s.batch, s.causes = &pgconn.Batch{}, s.causes[:0:0]
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	mrr := s.conn.PgConn().ExecBatch(ctx, batch)
@@ -205,10 +205,10 @@ func (s *PGSink) Flush(ctx context.Context) error {
 	for ; mrr.NextResult(); i++ {
 		tag, err := mrr.ResultReader().Close()
 		if err != nil && first == nil {
-			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: s.callError(ctx, err)}
+			first = &ApplyError{Cause: causes[min(i, len(causes)-1)], Err: s.callError(ctx, err)}
 		}
-		if err == nil && i < len(origins) && origins[i].NeedRow && tag.RowsAffected() == 0 {
-			s.missing = append(s.missing, origins[i])
+		if err == nil && i < len(causes) && causes[i].NeedRow && tag.RowsAffected() == 0 {
+			s.missing = append(s.missing, causes[i])
 		}
 	}
 	if err := mrr.Close(); err != nil && first == nil {
@@ -216,7 +216,7 @@ func (s *PGSink) Flush(ctx context.Context) error {
 		// result starts: it belongs to the first statement without one.
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
-			first = &ApplyError{Origin: origins[min(i, len(origins)-1)], Err: err}
+			first = &ApplyError{Cause: causes[min(i, len(causes)-1)], Err: err}
 		} else {
 			first = s.callError(ctx, err)
 		}
@@ -231,7 +231,7 @@ func (s *PGSink) Flush(ctx context.Context) error {
 
 // CopyIn runs ddl (if any) and then copySQL with rows (COPY text format)
 // inside the open transaction, after sending what is queued.
-func (s *PGSink) CopyIn(ctx context.Context, ddl, copySQL string, rows io.Reader, o Origin) error {
+func (s *PGSink) CopyIn(ctx context.Context, ddl, copySQL string, rows io.Reader, o Cause) error {
 	s.begin()
 	if err := s.Flush(ctx); err != nil { // BEGIN and what was queued
 		return err
@@ -242,20 +242,20 @@ func (s *PGSink) CopyIn(ctx context.Context, ddl, copySQL string, rows io.Reader
 		if _, err := s.conn.PgConn().Exec(ctx, ddl).ReadAll(); err != nil {
 			s.inTx = false
 			s.abort()
-			return &ApplyError{Origin: o, Err: s.callError(ctx, err)}
+			return &ApplyError{Cause: o, Err: s.callError(ctx, err)}
 		}
 	}
 	if _, err := s.conn.PgConn().CopyFrom(ctx, rows, copySQL); err != nil {
 		s.inTx = false
 		s.abort()
-		return &ApplyError{Origin: o, Err: s.callError(ctx, err)}
+		return &ApplyError{Cause: o, Err: s.callError(ctx, err)}
 	}
 	return nil
 }
 
 // QueryBool runs a one-value query inside the open transaction, after
 // sending what is queued.
-func (s *PGSink) QueryBool(ctx context.Context, sql string, params [][]byte, o Origin) (bool, error) {
+func (s *PGSink) QueryBool(ctx context.Context, sql string, params [][]byte, o Cause) (bool, error) {
 	s.begin()
 	if err := s.Flush(ctx); err != nil {
 		return false, err
@@ -266,16 +266,16 @@ func (s *PGSink) QueryBool(ctx context.Context, sql string, params [][]byte, o O
 	if res.Err != nil {
 		s.inTx = false
 		s.abort()
-		return false, &ApplyError{Origin: o, Err: s.callError(ctx, res.Err)}
+		return false, &ApplyError{Cause: o, Err: s.callError(ctx, res.Err)}
 	}
 	return len(res.Rows) == 1 && len(res.Rows[0]) == 1 && string(res.Rows[0][0]) == "t", nil
 }
 
 // Exec queues a statement with text parameters in the open transaction.
-func (s *PGSink) Exec(sql string, params [][]byte, o Origin) {
+func (s *PGSink) Exec(sql string, params [][]byte, o Cause) {
 	s.begin()
 	s.batch.ExecParams(sql, params, nil, nil, nil)
-	s.origins = append(s.origins, o)
+	s.causes = append(s.causes, o)
 }
 
 // abort makes sure no half transaction stays open on a live connection.
@@ -296,10 +296,10 @@ func (s *PGSink) Commit(ctx context.Context, lsn change.LSN) error {
 	s.begin()
 	if sql, params, ok := s.store.TxStatement(lsn); ok {
 		s.batch.ExecParams(sql, params, nil, nil, nil)
-		s.origins = append(s.origins, Origin{What: "checkpoint " + lsn.String()})
+		s.causes = append(s.causes, Cause{What: "checkpoint " + lsn.String()})
 	}
 	s.batch.ExecParams("COMMIT", nil, nil, nil, nil)
-	s.origins = append(s.origins, Origin{What: "COMMIT"})
+	s.causes = append(s.causes, Cause{What: "COMMIT"})
 	if err := s.Flush(ctx); err != nil {
 		return err
 	}
@@ -312,7 +312,7 @@ func (s *PGSink) Commit(ctx context.Context, lsn change.LSN) error {
 
 // Rollback abandons the open transaction (shutdown mid-transaction).
 func (s *PGSink) Rollback(ctx context.Context) error {
-	s.batch, s.origins = &pgconn.Batch{}, nil
+	s.batch, s.causes = &pgconn.Batch{}, nil
 	clear(s.staging)
 	if !s.inTx {
 		return nil

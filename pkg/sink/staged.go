@@ -116,7 +116,7 @@ func writeCopyText(b *bytes.Buffer, v []byte) {
 // transaction: COPY into the session's staging table, then the deletes,
 // then the upserts, each one set-based statement. Deletes go first: a key
 // staged for both was deleted before its last image was written.
-func (s *PGSink) ApplyStaged(ctx context.Context, m *transform.Mapping, base string, st *Staged, o Origin) error {
+func (s *PGSink) ApplyStaged(ctx context.Context, m *transform.Mapping, base string, st *Staged, o Cause) error {
 	if st.Rows == 0 {
 		return nil
 	}
