@@ -360,16 +360,9 @@ func waitSlotReleased(ctx context.Context, src *pgx.Conn, slot string, wait time
 // there were any, so a second teardown says so rather than claim it removed
 // something.
 func deleteCheckpoint(ctx context.Context, tgt *pgx.Conn, name string) (bool, error) {
-	var hasTable bool
-	if err := tgt.QueryRow(ctx, `SELECT to_regclass('tandem.checkpoint') IS NOT NULL`).Scan(&hasTable); err != nil {
-		return false, fmt.Errorf("look up checkpoint %q on the target: %w", name, err)
-	}
-	if !hasTable {
-		return false, nil // tandem never ran against this target
-	}
-	var existed bool
-	if err := tgt.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tandem.checkpoint WHERE name = $1)`, name).Scan(&existed); err != nil {
-		return false, fmt.Errorf("look up checkpoint %q on the target: %w", name, err)
+	existed, err := checkpoint.Exists(ctx, tgt, name)
+	if err != nil {
+		return false, err
 	}
 	if err := checkpoint.Delete(ctx, tgt, name); err != nil {
 		return false, fmt.Errorf("delete checkpoint %q on the target: %w", name, err)

@@ -1,7 +1,6 @@
 package backfill
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/tandem-migrate/tandem/pkg/catalog"
 	"github.com/tandem-migrate/tandem/pkg/change"
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
 
@@ -24,7 +24,7 @@ type Job struct {
 	// rowKeyIdx are the positions of Key's text values in a chunk row.
 	rowKeyIdx []int
 	// Progress as loaded at start.
-	Progress Progress
+	Progress checkpoint.Progress
 	stage    string
 	// binary jobs read every source column in binary (see
 	// transform.DirectCopy.Binary) into a ready COPY body and, after them,
@@ -36,13 +36,6 @@ type Job struct {
 	// direct is the mapping's DirectCopy, computed once (ok in isDirect).
 	direct   transform.DirectCopy
 	isDirect bool
-}
-
-// Progress is a job's durable state on the target.
-type Progress struct {
-	Cursor     []string
-	Done       bool
-	RowsCopied int64
 }
 
 // NewJob plans the backfill of one mapping. The source needs a primary key
@@ -115,7 +108,7 @@ func (j *Job) resultFormats() []int16 {
 func (j *Job) rowKey(row [][]byte) string { return change.RawKey(row, j.rowKeyIdx) }
 
 // Name is "source -> target" for messages and metrics.
-func (j *Job) Name() string { return j.Mapping.SourceName + " -> " + j.Mapping.TargetName }
+func (j *Job) Name() string { return checkpoint.MappingKey(j.Mapping.SourceName, j.Mapping.TargetName) }
 
 // keyedQuery renders the chunk read: keyset pagination with a row-value
 // comparison, so composite keys page correctly (DBZ-5071), and an upper
@@ -218,42 +211,14 @@ func (t *Tracker) TouchChange(c *change.Change) {
 	}
 }
 
-// LoadProgress reads every job's progress for migration name.
-func LoadProgress(ctx context.Context, q catalog.Querier, name string) (map[string]Progress, error) {
-	rows, err := q.Query(ctx, `SELECT source, target, cursor, done, rows_copied FROM tandem.backfill WHERE name = $1`, name)
-	if err != nil {
-		return nil, fmt.Errorf("load backfill progress: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]Progress{}
-	for rows.Next() {
-		var s, t string
-		var p Progress
-		if err := rows.Scan(&s, &t, &p.Cursor, &p.Done, &p.RowsCopied); err != nil {
-			return nil, fmt.Errorf("load backfill progress: %w", err)
-		}
-		out[s+" -> "+t] = p
-	}
-	return out, rows.Err()
-}
-
-// ProgressSQL saves a chunk's progress inside the applier's transaction.
-const ProgressSQL = `INSERT INTO tandem.backfill (name, source, target, cursor, done, rows_copied)
-VALUES ($1::text, $2::text, $3::text, $4::text[], $5::bool, $6::int8)
-ON CONFLICT (name, source, target) DO UPDATE SET cursor = COALESCE(EXCLUDED.cursor, tandem.backfill.cursor),
-	done = EXCLUDED.done, rows_copied = tandem.backfill.rows_copied + EXCLUDED.rows_copied, updated_at = now()`
-
-// ProgressParams renders ProgressSQL's parameters for an applied chunk.
-func ProgressParams(name string, c *Chunk, copied int) [][]byte {
+// ProgressStatement renders the save of an applied chunk's progress, for
+// the applier's transaction.
+func ProgressStatement(name string, c *Chunk, copied int) (string, [][]byte) {
 	var cursor []byte
 	if c.Cursor != nil {
 		cursor = []byte(ArrayLiteral(c.Cursor))
 	}
-	done := "false"
-	if c.Final {
-		done = "true"
-	}
-	return [][]byte{[]byte(name), []byte(c.Job.Mapping.SourceName), []byte(c.Job.Mapping.TargetName), cursor, []byte(done), []byte(fmt.Sprint(copied))}
+	return checkpoint.ProgressStatement(name, c.Job.Mapping.SourceName, c.Job.Mapping.TargetName, cursor, c.Final, copied)
 }
 
 // ArrayLiteral renders text values as a PostgreSQL array literal, every

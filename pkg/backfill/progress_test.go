@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tandem-migrate/tandem/pkg/catalog"
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 )
 
 // TestProgressLine: rows include earlier runs, the rate is the last
@@ -16,7 +17,7 @@ import (
 func TestProgressLine(t *testing.T) {
 	rows := prometheus.NewCounter(prometheus.CounterOpts{Name: "rows"})
 	rows.Add(500) // another table's run earlier in this process: not this copy's
-	j := &Job{Source: &catalog.Table{EstimatedRows: 10000}, Progress: Progress{RowsCopied: 2000}}
+	j := &Job{Source: &catalog.Table{EstimatedRows: 10000}, Progress: checkpoint.Progress{RowsCopied: 2000}}
 	t0 := time.Unix(1000, 0)
 	p := newProgress(j, rows, t0)
 

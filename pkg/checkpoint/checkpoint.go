@@ -1,6 +1,8 @@
 // Package checkpoint stores how far a migration has got: the source LSN up to
-// which every transaction is durable on the target. The target store writes
-// it in the same transaction as the rows it covers (exactly once); the file
+// which every transaction is durable on the target, and each mapping's
+// backfill progress. It owns schema tandem on the target: every statement
+// on tandem.checkpoint and tandem.backfill is here. The target store writes
+// the position in the same transaction as the rows it covers (exactly once); the file
 // store writes it after the target commits (at least once; the sink's
 // keyed upserts and deletes make a replay converge to the same rows).
 package checkpoint
@@ -105,11 +107,15 @@ func (s *TargetStore) TxStatement(lsn change.LSN) (string, [][]byte, bool) {
 
 func (s *TargetStore) SaveCommitted(context.Context, change.LSN) error { return nil }
 
-// Delete removes the migration's checkpoint and backfill progress (teardown).
+// Delete removes the migration's checkpoint and backfill progress
+// (teardown); a target tandem never wrote has nothing to remove.
 func Delete(ctx context.Context, q catalog.Querier, name string) error {
 	_, err := q.Exec(ctx, `DELETE FROM tandem.checkpoint WHERE name = $1`, name)
 	if err == nil {
 		_, err = q.Exec(ctx, `DELETE FROM tandem.backfill WHERE name = $1`, name)
+	}
+	if undefinedTable(err) {
+		return nil
 	}
 	return err
 }

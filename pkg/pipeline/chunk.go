@@ -57,14 +57,15 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 			return classifyApply(err)
 		}
 	}
-	a.sink.Exec(backfill.ProgressSQL, backfill.ProgressParams(a.cfg.Name, c, len(c.Rows)), cause)
+	sql, params := backfill.ProgressStatement(a.cfg.Name, c, len(c.Rows))
+	a.sink.Exec(sql, params, cause)
 	a.txChanges += len(c.Rows)
-	a.p.bf.Rows.WithLabelValues(j.Name()).Add(float64(len(c.Rows)))
+	a.bf.Rows.WithLabelValues(j.Name()).Add(float64(len(c.Rows)))
 	path := "upsert"
 	if direct {
 		path = "copy"
 	}
-	a.p.bf.Chunks.WithLabelValues(j.Name(), path, j.Format()).Inc()
+	a.bf.Chunks.WithLabelValues(j.Name(), path, j.Format()).Inc()
 	return nil
 }
 

@@ -94,29 +94,20 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 			r.LagBytes = int64(cur - lsn)
 		}
 	}
+	saved, err := checkpoint.LoadProgress(ctx, tgt, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
 	progress := map[string]TableState{}
-	rows, err := tgt.Query(ctx, `SELECT source, target, rows_copied, done, extract(epoch FROM updated_at - started_at)::float8
-		FROM tandem.backfill WHERE name = $1`, cfg.Name)
-	if err == nil {
-		for rows.Next() {
-			var ts TableState
-			var secs float64
-			if err := rows.Scan(&ts.Source, &ts.Target, &ts.RowsCopied, &ts.Done, &secs); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("backfill progress: %w", err)
-			}
-			ts.Started = true
-			if secs > 0 {
-				ts.RowsPerSecond = float64(ts.RowsCopied) / secs
-			}
-			progress[ts.Source+" -> "+ts.Target] = ts
+	for key, p := range saved {
+		ts := TableState{Source: p.Source, Target: p.Target, RowsCopied: p.RowsCopied, Done: p.Done, Started: true}
+		if p.Seconds > 0 {
+			ts.RowsPerSecond = float64(p.RowsCopied) / p.Seconds
 		}
-		rows.Close()
-	} else if !isUndefinedTable(err) {
-		return nil, fmt.Errorf("backfill progress: %w", err)
+		progress[key] = ts
 	}
 	for _, tc := range cfg.Tables {
-		ts, ok := progress[tc.Source+" -> "+tc.Target]
+		ts, ok := progress[checkpoint.MappingKey(tc.Source, tc.Target)]
 		if !ok {
 			ts = TableState{Source: tc.Source, Target: tc.Target}
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tandem-migrate/tandem/pkg/catalog"
+	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
@@ -99,7 +100,7 @@ func buildPlan(ctx context.Context, src, tgt *pgx.Conn, field string, tc config.
 		return nil, fmt.Errorf("compile mapping: %w", err)
 	}
 	p := &plan{
-		label:  tc.Source + " -> " + tc.Target,
+		label:  checkpoint.MappingKey(tc.Source, tc.Target),
 		source: tc.Source,
 		target: tc.Target,
 		srcRel: srcT.QualifiedName(),

@@ -183,7 +183,7 @@ func verifyTable(ctx context.Context, e *env, idx int, tc config.TableConfig) (*
 	if tc.Target == "" {
 		tc.Target = tc.Source
 	}
-	label := tc.Source + " -> " + tc.Target
+	label := checkpoint.MappingKey(tc.Source, tc.Target)
 	fail := func(err error) (*TableReport, error) {
 		return &TableReport{Source: tc.Source, Target: tc.Target}, fmt.Errorf("verify %s: %w", label, err)
 	}
