@@ -23,10 +23,24 @@ import (
 // idleCheckpointEvery bounds how often an idle stream writes its position.
 const idleCheckpointEvery = 5 * time.Second
 
+// applierDeps is what an applier takes from the pipeline that runs it,
+// and all it may touch of it.
+type applierDeps struct {
+	cfg *config.Config
+	// base is the logger components derive their own from.
+	base *slog.Logger
+	m    *metrics.Stream
+	bf   *backfill.Metrics
+	// tracker is the backfill's chunk tracker; nil without backfill.
+	tracker *backfill.Tracker
+	beat    *metrics.Beat
+	// processed marks WAL as handled, for the lag estimate.
+	processed func(change.LSN)
+}
+
 type applier struct {
-	p    *Pipeline
+	applierDeps
 	log  *slog.Logger
-	cfg  *config.Config
 	src  *pgx.Conn
 	sink *sink.PGSink
 	dec  *decoder.Decoder
@@ -39,7 +53,6 @@ type applier struct {
 	// leafSeen remembers the partitions already reported as arriving
 	// under their own names.
 	leafSeen map[uint32]bool
-	tracker  *backfill.Tracker
 
 	durable   change.LSN // committed on the target
 	pending   change.LSN // end of the last source commit in the open target tx
@@ -52,8 +65,6 @@ type applier struct {
 	stmts     []transform.Stmt
 	counters  map[string]prometheus.Counter
 	broken    bool
-	// beat is the applier's heartbeat (liveness).
-	beat *metrics.Beat
 
 	// groups hold the net changes of Groupable tables until a barrier
 	// (commit, TRUNCATE, a backfill chunk, a size limit).
@@ -76,11 +87,10 @@ func (a *applier) addGroup(m *transform.Mapping, stage string) {
 	}
 }
 
-func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoint.Store, dec *decoder.Decoder, pos change.LSN, groupable map[*transform.Mapping]bool) *applier {
+func newApplier(d applierDeps, tables []*Table, src, tgt *pgx.Conn, store checkpoint.Store, dec *decoder.Decoder, pos change.LSN, groupable map[*transform.Mapping]bool) *applier {
 	a := &applier{
-		p: p, log: p.base.With("component", "applier"), cfg: p.cfg, src: src, dec: dec,
-		sink:       sink.NewPGSink(tgt, store, p.cfg.Apply.BatchChanges, p.base.With("component", "sink")),
-		beat:       &metrics.Beat{},
+		applierDeps: d, log: d.base.With("component", "applier"), src: src, dec: dec,
+		sink:       sink.NewPGSink(tgt, store, d.cfg.Apply.BatchChanges, d.base.With("component", "sink")),
 		bySource:   map[string][]*Table{},
 		byOID:      map[uint32][]*transform.Mapping{},
 		configured: map[uint32]string{},
@@ -88,7 +98,7 @@ func newApplier(p *Pipeline, tables []*Table, src, tgt *pgx.Conn, store checkpoi
 		durable:    pos,
 		counters:   map[string]prometheus.Counter{},
 	}
-	a.sink.SetTimeout(p.cfg.Apply.StatementTimeout)
+	a.sink.SetTimeout(d.cfg.Apply.StatementTimeout)
 	a.groups = map[*transform.Mapping]*sink.Group{}
 	for i, t := range tables {
 		a.bySource[t.Source.String()] = append(a.bySource[t.Source.String()], t)
@@ -203,12 +213,12 @@ func (a *applier) commit(ctx context.Context) error {
 	if err := a.sink.Commit(ctx, lsn); err != nil {
 		return err
 	}
-	a.p.m.ApplyDuration.Observe(time.Since(start).Seconds())
-	a.p.m.TargetCommits.Inc()
-	a.p.m.Transactions.Add(float64(a.txCount))
+	a.m.ApplyDuration.Observe(time.Since(start).Seconds())
+	a.m.TargetCommits.Inc()
+	a.m.Transactions.Add(float64(a.txCount))
 	a.durable, a.pending, a.txChanges, a.txCount = lsn, 0, 0, 0
-	a.p.markProcessed(lsn)
-	a.p.m.CheckpointLSN.Set(float64(lsn))
+	a.processed(lsn)
+	a.m.CheckpointLSN.Set(float64(lsn))
 	a.dec.SetFlushed(lsn)
 	return nil
 }
@@ -271,7 +281,7 @@ func (a *applier) onIdle(ctx context.Context, walEnd change.LSN) error {
 	if a.pending != 0 || a.inSrcTx || a.sink.InTx() || walEnd <= a.durable {
 		return nil
 	}
-	a.p.markProcessed(walEnd)
+	a.processed(walEnd)
 	if time.Since(a.lastIdle) < idleCheckpointEvery {
 		return nil
 	}
@@ -284,7 +294,7 @@ func (a *applier) counter(table string, op change.Op) prometheus.Counter {
 	k := table + "/" + op.String()
 	c, ok := a.counters[k]
 	if !ok {
-		c = a.p.m.Changes.WithLabelValues(table, op.String())
+		c = a.m.Changes.WithLabelValues(table, op.String())
 		a.counters[k] = c
 	}
 	return c
@@ -377,7 +387,7 @@ func (a *applier) onTruncate(ctx context.Context, c *change.Change) error {
 		return err
 	}
 	a.sink.Exec("TRUNCATE "+strings.Join(targets, ", "), nil, sink.Cause{What: "TRUNCATE " + strings.Join(targets, ", ")})
-	a.p.m.TruncatesTotal.Inc()
+	a.m.TruncatesTotal.Inc()
 	a.txChanges++
 	return nil
 }

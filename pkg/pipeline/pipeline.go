@@ -269,7 +269,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	a := newApplier(p, tables, src, tgt, store, dec, pos, groupable)
+	deps := applierDeps{cfg: cfg, base: p.base, m: p.m, bf: p.bf, processed: p.markProcessed}
 	// Deep enough that the decoder keeps reading while the applier waits on
 	// the target: at 100k changes/s a 50 ms flush is 5000 events.
 	events := make(chan change.Event, 16384)
@@ -279,14 +279,15 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 		if jobs, err = p.backfillJobs(ctx, tables, tgt); err != nil {
 			return err
 		}
-		a.tracker = backfill.NewTracker()
+		deps.tracker = backfill.NewTracker()
 	}
 
 	// Setup is done: from here every call has its own bound.
 	cancelSetup()
 	appBeat := p.Health.Live.Join("applier")
 	defer appBeat.Leave()
-	a.beat = appBeat
+	deps.beat = appBeat
+	a := newApplier(deps, tables, src, tgt, store, dec, pos, groupable)
 	// The applier's shutdown must outlive the decoder's: it commits what is
 	// complete after the stream stops.
 	g, gctx := errgroup.WithContext(parent)
@@ -294,7 +295,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	g.Go(func() error { return a.run(gctx, parent, events) })
 	if len(jobs) > 0 {
 		r := &backfill.Runner{Name: cfg.Name, DSN: cfg.Source.DSN, Workers: cfg.Backfill.Workers, Cfg: cfg.Backfill,
-			Control: p.Backfill, Tracker: a.tracker, Metrics: p.bf, Log: p.base.With("component", "backfill"), Lag: p.Lag}
+			Control: p.Backfill, Tracker: deps.tracker, Metrics: p.bf, Log: p.base.With("component", "backfill"), Lag: p.Lag}
 		g.Go(func() error { return r.Run(gctx, jobs) })
 	}
 	p.Health.Set(true, "")
@@ -306,7 +307,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 }
 
 func (p *Pipeline) backfillJobs(ctx context.Context, tables []*Table, tgt *pgx.Conn) ([]*backfill.Job, error) {
-	progress, err := backfill.LoadProgress(ctx, tgt, p.cfg.Name)
+	progress, err := checkpoint.LoadProgress(ctx, tgt, p.cfg.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +317,7 @@ func (p *Pipeline) backfillJobs(ctx context.Context, tables []*Table, tgt *pgx.C
 		if err != nil {
 			return nil, &FatalError{Err: err}
 		}
-		j.Progress = progress[j.Mapping.SourceName+" -> "+j.Mapping.TargetName]
+		j.Progress = progress[j.Name()]
 		jobs = append(jobs, j)
 	}
 	return jobs, nil

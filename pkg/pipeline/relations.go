@@ -29,7 +29,7 @@ const (
 )
 
 func (a *applier) skipped(table, reason string) {
-	a.p.m.Skipped.WithLabelValues(table, reason).Inc()
+	a.m.Skipped.WithLabelValues(table, reason).Inc()
 }
 
 // onRelation binds a relation OID to its mappings. When the source table's

@@ -71,7 +71,7 @@ func RowKey(c *change.Change) string {
 // ApplyError is a statement the target refused.
 type ApplyError struct {
 	Cause Cause
-	Err    error
+	Err   error
 }
 
 func (e *ApplyError) Error() string {
@@ -94,7 +94,7 @@ type PGSink struct {
 
 	prepared map[string]string
 	batch    *pgconn.Batch
-	causes  []Cause
+	causes   []Cause
 	inTx     bool
 	missing  []Cause
 	// staging lists the session's staging tables created so far.
