@@ -70,7 +70,9 @@ func TestFaultProxies(t *testing.T) {
 	wr := startWriterAt(t, env.SourceDSN, 42, 0, 10*int64(rows))
 	stop := make(chan struct{})
 	churned := make(chan error, 1)
-	go func() { churned <- w.Churn(ctx, testkit.Connect(t, env.SourceDSN), 43, rows, 10*time.Millisecond, stop) }()
+	go func() {
+		churned <- w.Churn(ctx, testkit.Connect(t, env.SourceDSN), 43, rows, 10*time.Millisecond, stop)
+	}()
 	defer func() {
 		select {
 		case <-stop:
