@@ -36,6 +36,9 @@ type applierDeps struct {
 	beat    *metrics.Beat
 	// processed marks WAL as handled, for the lag estimate.
 	processed func(change.LSN)
+	// settled reports that the stream works end to end: rows committed on
+	// the new database (work), or caught up with nothing waiting.
+	settled func(work bool)
 }
 
 type applier struct {
@@ -216,6 +219,7 @@ func (a *applier) commit(ctx context.Context) error {
 	a.m.ApplyDuration.Observe(time.Since(start).Seconds())
 	a.m.TargetCommits.Inc()
 	a.m.Transactions.Add(float64(a.txCount))
+	a.settled(a.txChanges > 0)
 	a.durable, a.pending, a.txChanges, a.txCount = lsn, 0, 0, 0
 	a.processed(lsn)
 	a.m.CheckpointLSN.Set(float64(lsn))
@@ -278,7 +282,12 @@ func (a *applier) flushGroups(ctx context.Context) error {
 // onIdle advances the checkpoint past WAL that holds nothing for us, so the
 // slot does not pin WAL written by other tables or databases.
 func (a *applier) onIdle(ctx context.Context, walEnd change.LSN) error {
-	if a.pending != 0 || a.inSrcTx || a.sink.InTx() || walEnd <= a.durable {
+	if a.pending != 0 || a.inSrcTx || a.sink.InTx() {
+		return nil
+	}
+	// Caught up with the old database, and nothing waits on the new one.
+	a.settled(false)
+	if walEnd <= a.durable {
 		return nil
 	}
 	a.processed(walEnd)

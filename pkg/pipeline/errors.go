@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tandem-migrate/tandem/pkg/decoder"
+	"github.com/tandem-migrate/tandem/pkg/sink"
 )
 
 // FatalError stops the daemon: retrying cannot help until a human acts.
@@ -70,4 +71,29 @@ func Retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// resourceHint says, for a database out of resources (SQLSTATE class 53),
+// which database and what to do; "" for any other error. Such errors are
+// retried, so the hint is what the operator acts on.
+func resourceHint(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || !strings.HasPrefix(pgErr.Code, "53") {
+		return ""
+	}
+	which := "the old database"
+	var apply *sink.ApplyError
+	if errors.As(err, &apply) || strings.Contains(err.Error(), "target") {
+		which = "the new database"
+	}
+	what := "is out of a resource (" + pgErr.Code + ")"
+	switch pgErr.Code {
+	case "53100":
+		what = "is out of disk space"
+	case "53200":
+		what = "is out of memory"
+	case "53300":
+		what = "has no free connection slot"
+	}
+	return which + " " + what + ": free some; tandem retries by itself and loses nothing meanwhile"
 }

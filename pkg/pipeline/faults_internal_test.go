@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tandem-migrate/tandem/pkg/change"
@@ -99,6 +101,64 @@ func TestLagWhileDisconnected(t *testing.T) {
 			lag, bytes := p.lagAt(t0.Add(tt.at))
 			if lag != tt.wantLag || bytes != tt.wantBytes {
 				t.Fatalf("lag %s, %d bytes; want %s, %d bytes", lag, bytes, tt.wantLag, tt.wantBytes)
+			}
+		})
+	}
+}
+
+// TestAttemptProgressed: what counts as getting somewhere. A failure that
+// persists (the same SQLSTATE again, nothing committed) must keep the
+// backoff growing even though each attempt reaches the old database.
+func TestAttemptProgressed(t *testing.T) {
+	diskFull := &pgconn.PgError{Code: "53100", Message: "could not extend file"}
+	tests := []struct {
+		name            string
+		settled, worked bool
+		err             error
+		previous        error
+		ran             time.Duration
+		want            bool
+	}{
+		{"failed before settling", false, false, errors.New("connection refused"), nil, time.Second, false},
+		{"rows committed", true, true, diskFull, diskFull, time.Second, true},
+		{"ran a minute", false, false, diskFull, diskFull, 2 * time.Minute, true},
+		{"settled, then a link cut", true, false, errors.New("receive from source: EOF"), nil, time.Second, true},
+		{"settled, the same database error again", true, false, diskFull, diskFull, time.Second, false},
+		{"settled, a new database error", true, false, diskFull, &pgconn.PgError{Code: "57P01"}, time.Second, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var a attempt
+			a.progressed(tt.previous, 0)
+			a.reset()
+			a.settled.Store(tt.settled)
+			a.worked.Store(tt.worked)
+			if got := a.progressed(fmt.Errorf("apply: %w", tt.err), tt.ran); got != tt.want {
+				t.Fatalf("progressed = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestResourceHint: a full disk is retried, so the log must say which
+// database and what to do.
+func TestResourceHint(t *testing.T) {
+	full := &pgconn.PgError{Code: "53100", Message: "could not extend file"}
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"new database full", &sink.ApplyError{Err: full}, "the new database is out of disk space"},
+		{"old database full", fmt.Errorf("backfill public.orders: %w", full), "the old database is out of disk space"},
+		{"too many connections", fmt.Errorf("connect to target database: %w", &pgconn.PgError{Code: "53300"}), "the new database has no free connection slot"},
+		{"not a resource", &pgconn.PgError{Code: "23505"}, ""},
+		{"not a database error", errors.New("conn closed"), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := resourceHint(tt.err); !strings.HasPrefix(got, tt.want) || (tt.want == "") != (got == "") {
+				t.Fatalf("resourceHint = %q, want prefix %q", got, tt.want)
 			}
 		})
 	}

@@ -3,6 +3,16 @@
 // resume. Any retryable failure tears everything down and starts again from
 // the checkpoint, which is always correct because the slot is never
 // confirmed beyond it.
+//
+// It owns the wiring and the order of commits: pipeline.go connects and
+// runs the parts, applier.go groups source transactions into target
+// transactions and commits them with their checkpoint, relations.go routes
+// each source relation to its mappings (partitions, renames, shape
+// changes), chunk.go writes backfill chunks at their high watermark,
+// fetch.go reads back rows an update could not find, plan.go and
+// preflight.go check a config against both databases, lag.go and lock.go
+// measure lag and keep one daemon per migration. Source and target are
+// roles, not directions: nothing here assumes which database is older.
 package pipeline
 
 import (
@@ -46,6 +56,9 @@ type Pipeline struct {
 	streamed bool
 	// dec is the current attempt's decoder (nil before the first).
 	dec atomic.Pointer[decoder.Decoder]
+	// attempt says what the current attempt achieved, for health and the
+	// retry backoff.
+	attempt attempt
 	// beat is the retry loop's heartbeat while it (not the stream) runs.
 	beat *metrics.Beat
 
@@ -95,6 +108,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	bo := backoff{min: p.cfg.Apply.RetryMin, max: p.cfg.Apply.RetryMax}
 	for {
 		started := time.Now()
+		p.attempt.reset()
 		p.beat.Beat()
 		err := lock.ensure(ctx)
 		if err == nil {
@@ -110,13 +124,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			p.Health.Set(false, err.Error())
 			return err
 		}
-		progressed := time.Since(started) > time.Minute
-		if d := p.dec.Load(); d != nil && d.Heard().After(started) {
-			progressed = true
-		}
-		wait := bo.next(progressed)
+		wait := bo.next(p.attempt.progressed(err, time.Since(started)))
 		p.Health.Set(false, err.Error())
-		p.log.Warn("stream interrupted; resuming from checkpoint", "err", config.RedactDSN(err.Error()), "retry_in", wait)
+		if hint := resourceHint(err); hint != "" {
+			p.log.Warn("stream interrupted; resuming from checkpoint", "err", config.RedactDSN(err.Error()), "hint", hint, "retry_in", wait)
+		} else {
+			p.log.Warn("stream interrupted; resuming from checkpoint", "err", config.RedactDSN(err.Error()), "retry_in", wait)
+		}
 		p.m.Reconnects.Inc()
 		if !p.sleep(ctx, wait) {
 			return nil
@@ -269,7 +283,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	deps := applierDeps{cfg: cfg, base: p.base, m: p.m, bf: p.bf, processed: p.markProcessed}
+	deps := applierDeps{cfg: cfg, base: p.base, m: p.m, bf: p.bf, processed: p.markProcessed, settled: p.attempt.settle(&p.Health, p.m)}
 	// Deep enough that the decoder keeps reading while the applier waits on
 	// the target: at 100k changes/s a 50 ms flush is 5000 events.
 	events := make(chan change.Event, 16384)
@@ -298,8 +312,8 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 			Control: p.Backfill, Tracker: deps.tracker, Metrics: p.bf, Log: p.base.With("component", "backfill"), Lag: p.Lag}
 		g.Go(func() error { return r.Run(gctx, jobs) })
 	}
-	p.Health.Set(true, "")
-	p.m.Streaming.Set(1)
+	// Ready and streaming only once the applier settles: an attempt that
+	// fails at its first write (a full disk) must not look healthy.
 	// The stream's loops beat from here on; the retry loop waits.
 	p.beat.Leave()
 	defer func() { p.beat = p.Health.Live.Join("pipeline") }()
