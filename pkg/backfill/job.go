@@ -63,18 +63,15 @@ func NewJob(field string, src *catalog.Table, m *transform.Mapping, index int) (
 		}
 		j.rowKeyIdx = make([]int, len(idx))
 		for i, k := range idx {
-			j.rowKeyIdx[i] = j.TextIndex(k)
+			j.rowKeyIdx[i] = j.textIndex(k)
 		}
 	}
 	return j, nil
 }
 
-// Direct is the job's mapping's Direct, computed once for the job (the
+// directCopy is the job's mapping's Direct, computed once for the job (the
 // mapping a job copies with does not change under it).
-func (j *Job) Direct() (transform.DirectCopy, bool) { return j.direct, j.isDirect }
-
-// Binary reports whether the job's chunk rows hold binary values.
-func (j *Job) Binary() bool { return j.binary }
+func (j *Job) directCopy() (transform.DirectCopy, bool) { return j.direct, j.isDirect }
 
 // Format names the format chunk rows travel in, for logs and metrics.
 func (j *Job) Format() string {
@@ -84,9 +81,9 @@ func (j *Job) Format() string {
 	return "text"
 }
 
-// TextIndex is where a chunk row holds the text form of source column
+// textIndex is where a chunk row holds the text form of source column
 // src; for a binary job only key columns have one.
-func (j *Job) TextIndex(src int) int {
+func (j *Job) textIndex(src int) int {
 	if !j.binary {
 		return src
 	}
@@ -247,6 +244,3 @@ func ArrayLiteral(vals []string) string {
 	b.WriteByte('}')
 	return b.String()
 }
-
-// StageName is the session-local staging table for the job's chunks.
-func (j *Job) StageName() string { return j.stage }

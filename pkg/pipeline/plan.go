@@ -42,14 +42,9 @@ func Plan(ctx context.Context, cfg *config.Config, src, tgt *pgx.Conn) ([]*Table
 }
 
 func planTable(ctx context.Context, field string, tc config.TableConfig, src, tgt *pgx.Conn, backfillOn bool) (*Table, error) {
-	ss, sn, _ := config.SplitQualified(tc.Source)
-	ts, tn, _ := config.SplitQualified(tc.Target)
-	st, err := catalog.Load(ctx, src, ss, sn)
-	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, &transform.Error{Field: field + ".source", Msg: fmt.Sprintf("table %s does not exist on the source", tc.Source)}
-	}
+	st, tt, err := transform.LoadTables(ctx, field, tc, src, tgt)
 	if err != nil {
-		return nil, fmt.Errorf("%s.source: %w", field, err)
+		return nil, err
 	}
 	switch {
 	case st.ReplicaIdentity == 'n':
@@ -57,21 +52,10 @@ func planTable(ctx context.Context, field string, tc config.TableConfig, src, tg
 	case len(st.IdentityColumns()) == 0:
 		return nil, &transform.Error{Field: field + ".source", Msg: fmt.Sprintf("table %s has no primary key or replica identity, so its updates and deletes cannot be replicated: ALTER TABLE %s ADD PRIMARY KEY (...), or ALTER TABLE %s REPLICA IDENTITY FULL", tc.Source, tc.Source, tc.Source)}
 	}
-	tt, err := catalog.Load(ctx, tgt, ts, tn)
-	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, &transform.Error{Field: field + ".target", Msg: fmt.Sprintf("table %s does not exist on the target: create the new schema first", tc.Target)}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s.target: %w", field, err)
-	}
 	if err := errors.Join(checkSourceGenerated(field, tc, st, tt), checkPartitionIdentity(ctx, src, field, st)); err != nil {
 		return nil, err
 	}
-	cols := transform.SourceFromCatalog(st)
-	if err := transform.ResolveBindTypes(ctx, tgt, cols); err != nil {
-		return nil, fmt.Errorf("%s: %w", field, err)
-	}
-	m, err := transform.Compile(field, tc, cols, st.ReplicaIdentity, tt)
+	m, err := transform.Plan(ctx, field, tc, transform.SourceFromCatalog(st), st.ReplicaIdentity, tt, tgt)
 	if err != nil {
 		return nil, err
 	}

@@ -142,15 +142,12 @@ func (a *applier) recompile(ctx context.Context, t *Table, rel *change.Relation)
 		return nil, err
 	}
 	tgt := a.sink.Conn()
-	if err := transform.ResolveBindTypes(ctx, tgt, cols); err != nil {
-		return nil, err
-	}
 	ts, tn, _ := config.SplitQualified(t.Config.Target)
 	tt, err := catalog.Load(ctx, tgt, ts, tn)
 	if err != nil {
 		return nil, err
 	}
-	m, err := transform.Compile(t.Field, t.Config, cols, rel.ReplicaIdentity, tt)
+	m, err := transform.Plan(ctx, t.Field, t.Config, cols, rel.ReplicaIdentity, tt, tgt)
 	if err != nil {
 		return nil, err
 	}

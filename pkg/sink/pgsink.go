@@ -1,7 +1,10 @@
 // Package sink writes transformed changes to their destinations. PGSink
 // applies them to the new database: source transactions in commit order,
 // several per target transaction, statements pipelined, and the checkpoint
-// written in the same target transaction as the rows it covers.
+// written in the same target transaction as the rows it covers. It
+// executes what transform renders and does not build SQL of its own beyond
+// transaction control; group.go compacts a table's changes per key,
+// staged.go stages rows for set-based statements.
 package sink
 
 import (

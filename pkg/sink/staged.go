@@ -6,8 +6,6 @@ import (
 	"io"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/transform"
 )
@@ -113,32 +111,22 @@ func writeCopyText(b *bytes.Buffer, v []byte) {
 }
 
 // ApplyStaged moves staged rows into the target inside the open
-// transaction: COPY into the session's staging table, then the deletes,
-// then the upserts, each one set-based statement. Deletes go first: a key
-// staged for both was deleted before its last image was written.
+// transaction, with the statements the mapping renders for them.
 func (s *PGSink) ApplyStaged(ctx context.Context, m *transform.Mapping, base string, st *Staged, o Cause) error {
 	if st.Rows == 0 {
 		return nil
 	}
 	stage := m.StageName(base)
-	copySQL := m.StageCopySQL(stage, st.binary)
-	ddl := ""
-	if !s.staging[stage] {
-		ddl = m.StageDDL(stage)
-	}
-	if err := s.CopyIn(ctx, ddl, copySQL, st.Reader(), o); err != nil {
+	w := m.StagedWrite(stage, !s.staging[stage], st.binary, st.deletes, st.upserts)
+	if err := s.CopyIn(ctx, w.DDL, w.Copy, st.Reader(), o); err != nil {
 		return err
 	}
 	// Created for the session once its transaction commits; until then a
 	// rollback would undo it, so abort forgets it again.
 	s.staging[stage] = true
-	if st.deletes {
-		s.Exec(m.StagedDeleteSQL(stage), nil, o)
+	for _, sql := range w.Then {
+		s.Exec(sql, nil, o)
 	}
-	if st.upserts {
-		s.Exec(m.StagedUpsertSQL(stage), nil, o)
-	}
-	s.Exec("TRUNCATE "+pgx.Identifier{stage}.Sanitize(), nil, o)
 	return nil
 }
 

@@ -13,10 +13,10 @@ import (
 // for: 'u' (upsert its image) or 'd' (delete its key).
 const OpColumn = "tandem_op"
 
-// StageDDL creates a session-local staging table shaped like the source row
+// stageDDL creates a session-local staging table shaped like the source row
 // (bind types) plus OpColumn. Backfill chunks and grouped stream changes
 // are COPYed into it and moved into the target set-based.
-func (m *Mapping) StageDDL(stage string) string {
+func (m *Mapping) stageDDL(stage string) string {
 	cols := make([]string, len(m.Source)+1)
 	for i, c := range m.Source {
 		cols[i] = quote(c.Name) + " " + c.BindType
@@ -54,15 +54,15 @@ func (m *Mapping) replaceSourceCTE(sql, with string) string {
 	return "WITH " + with + strings.TrimPrefix(sql, prefix)
 }
 
-// StagedUpsertSQL upserts every staged 'u' row through the same expressions,
+// stagedUpsertSQL upserts every staged 'u' row through the same expressions,
 // filter (a row failing it is deleted) and conflict rule as the row
 // statement, in one set-based statement. Staged keys must be unique.
-func (m *Mapping) StagedUpsertSQL(stage string) string {
+func (m *Mapping) stagedUpsertSQL(stage string) string {
 	return m.replaceSourceCTE(m.upsertSQL, m.stagedCTE(stage, 'u'))
 }
 
-// StagedDeleteSQL deletes the key of every staged 'd' row.
-func (m *Mapping) StagedDeleteSQL(stage string) string {
+// stagedDeleteSQL deletes the key of every staged 'd' row.
+func (m *Mapping) stagedDeleteSQL(stage string) string {
 	return m.replaceSourceCTE(m.deleteSQL, m.stagedCTE(stage, 'd'))
 }
 
@@ -100,10 +100,10 @@ func (m *Mapping) CopySQL(d DirectCopy) string {
 	return fmt.Sprintf("COPY %s (%s) FROM STDIN%s", m.Target.QualifiedName(), strings.Join(cols, ", "), copyFormat(d.Binary))
 }
 
-// StageCopySQL is the COPY that loads staged rows into a staging table:
+// stageCopySQL is the COPY that loads staged rows into a staging table:
 // text rows carry every source column and then the op, binary rows (see
 // DirectCopy.Binary) only the source columns, the op defaulting to 'u'.
-func (m *Mapping) StageCopySQL(stage string, binary bool) string {
+func (m *Mapping) stageCopySQL(stage string, binary bool) string {
 	if !binary {
 		return "COPY " + quote(stage) + " FROM STDIN"
 	}
@@ -119,4 +119,31 @@ func copyFormat(binary bool) string {
 		return " (FORMAT binary)"
 	}
 	return ""
+}
+
+// StagedWrite is the SQL of one set-based write through a staging table:
+// the table's DDL (when the session has none yet), the COPY into it, then
+// the statements that move its rows into the target and empty it again.
+// Deletes go first: a key staged for both was deleted before its last
+// image was written.
+type StagedWrite struct {
+	DDL, Copy string
+	Then      []string
+}
+
+// StagedWrite renders the write of rows staged in stage; create asks for
+// the DDL, and deletes/upserts say which kinds of rows were staged.
+func (m *Mapping) StagedWrite(stage string, create, binary, deletes, upserts bool) StagedWrite {
+	w := StagedWrite{Copy: m.stageCopySQL(stage, binary)}
+	if create {
+		w.DDL = m.stageDDL(stage)
+	}
+	if deletes {
+		w.Then = append(w.Then, m.stagedDeleteSQL(stage))
+	}
+	if upserts {
+		w.Then = append(w.Then, m.stagedUpsertSQL(stage))
+	}
+	w.Then = append(w.Then, "TRUNCATE "+quote(stage))
+	return w
 }

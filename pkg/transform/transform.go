@@ -5,10 +5,12 @@
 // what it means in SQL, and the source values cross in their text form.
 //
 // It owns every SQL text of a mapping, as pure functions of the compiled
-// Mapping: transform.go compiles, rowsql.go renders the per-change
-// statements, bulksql.go the set-based and COPY ones, direct.go decides
-// when rows may skip the expressions; only check.go and source.go talk to
-// a database (type-checking, and resolving the source row's types).
+// Mapping: plan.go is the one way a mapping is built (by the stream, a
+// recompile after a shape change, and verify), transform.go compiles,
+// rowsql.go renders the per-change statements, bulksql.go the set-based
+// and COPY ones, direct.go decides when rows may skip the expressions;
+// only plan.go, check.go and source.go talk to a database (loading the
+// tables, type-checking, resolving the source row's types).
 package transform
 
 import (

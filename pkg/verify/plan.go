@@ -83,19 +83,11 @@ func buildPlan(ctx context.Context, src, tgt *pgx.Conn, field string, tc config.
 	if tc.Target == "" {
 		tc.Target = tc.Source
 	}
-	srcT, err := loadTable(ctx, src, "source", tc.Source)
+	srcT, tgtT, err := transform.LoadTables(ctx, field, tc, src, tgt)
 	if err != nil {
 		return nil, err
 	}
-	tgtT, err := loadTable(ctx, tgt, "target", tc.Target)
-	if err != nil {
-		return nil, err
-	}
-	srcCols := transform.SourceFromCatalog(srcT)
-	if err := transform.ResolveBindTypes(ctx, tgt, srcCols); err != nil {
-		return nil, err
-	}
-	m, err := transform.Compile(field, tc, srcCols, srcT.ReplicaIdentity, tgtT)
+	m, err := transform.Plan(ctx, field, tc, transform.SourceFromCatalog(srcT), srcT.ReplicaIdentity, tgtT, tgt)
 	if err != nil {
 		return nil, fmt.Errorf("compile mapping: %w", err)
 	}
@@ -142,18 +134,6 @@ func encodingsDiffer(ctx context.Context, src, tgt *pgx.Conn) (bool, error) {
 		}
 	}
 	return encs[0] != encs[1], nil
-}
-
-func loadTable(ctx context.Context, q catalog.Querier, side, name string) (*catalog.Table, error) {
-	schema, table, err := config.SplitQualified(name)
-	if err != nil {
-		return nil, fmt.Errorf("%s table: %w", side, err)
-	}
-	t, err := catalog.Load(ctx, q, schema, table)
-	if err != nil {
-		return nil, fmt.Errorf("%s table: %w", side, err)
-	}
-	return t, nil
 }
 
 func (p *plan) addColumns(ctx context.Context, tgt *pgx.Conn, m *transform.Mapping, tgtT *catalog.Table) error {
