@@ -25,7 +25,7 @@ build:
 image:
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) -t $(IMAGE) .
 
-# Integration tests start real throwaway PostgreSQL clusters (pkg/pgcluster),
+# Integration tests start real throwaway PostgreSQL clusters (internal/pgcluster),
 # hence the generous timeout. -count=1 because cached results would hide
 # flakiness against a real server.
 test:

@@ -15,7 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // streamSizes are the knobs of one run, sized so the whole benchmark takes

@@ -22,7 +22,7 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/pkg/pipeline"
 )
 

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // Where the time of a phase goes is read from /proc: the CPU time of every

@@ -15,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tandem-migrate/tandem/pkg/config"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/pkg/verify"
 )
 

@@ -28,7 +28,7 @@ import (
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
 	"github.com/tandem-migrate/tandem/pkg/change"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // tandemBin is the binary under test, built once by TestMain.

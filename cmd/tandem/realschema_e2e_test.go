@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // TestRealSchema migrates a realistic schema (testkit/realschema.go: 16

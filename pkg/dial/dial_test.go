@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tandem-migrate/tandem/pkg/dial"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 func TestConfig(t *testing.T) {

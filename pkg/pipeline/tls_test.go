@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/tandem-migrate/tandem/internal/testkit"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // enableTLS gives a cluster a self-signed certificate and turns ssl on.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-migrate/tandem/pkg/config"
-	"github.com/tandem-migrate/tandem/pkg/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 const accountsSource = `
