@@ -406,7 +406,7 @@ func startWriterAt(t *testing.T, dsn string, seed int64, bigRows int, firstID in
 					return nil
 				default:
 				}
-				if err := wl.Step(ctx); err != nil {
+				if err := wl.Step(ctx); err != nil && !testkit.ConcurrencyAbort(err) {
 					return fmt.Errorf("workload step %d: %w", w.steps.Load(), err)
 				}
 				n := w.steps.Add(1)

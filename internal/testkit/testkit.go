@@ -7,6 +7,7 @@ package testkit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"strings"
@@ -14,9 +15,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/pkg/config"
 )
 
 // SourceSchema is the old database.
@@ -568,13 +570,22 @@ func churn(seed int64, pause time.Duration, stop <-chan struct{}, step func(*ran
 			return nil
 		default:
 		}
-		if err := step(r); err != nil {
+		if err := step(r); err != nil && !ConcurrencyAbort(err) {
 			return err
 		}
 		if pause > 0 {
 			time.Sleep(pause)
 		}
 	}
+}
+
+// ConcurrencyAbort reports a transaction the old database aborted whole
+// because it collided with another writer (deadlock, serialization): an
+// application retries or moves on, and so does the workload; nothing of it
+// was committed, so nothing of it is owed to the new database.
+func ConcurrencyAbort(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
 }
 
 // BackfillCopied is the durable count of rows the backfill has committed

@@ -79,10 +79,8 @@ var simpleIdent = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
 
 // buildPlan compiles the mapping exactly as the stream does and derives the
 // comparison SQL from it.
+// tc comes from a config whose defaults are applied (the target named).
 func buildPlan(ctx context.Context, src, tgt *pgx.Conn, field string, tc config.TableConfig) (*plan, error) {
-	if tc.Target == "" {
-		tc.Target = tc.Source
-	}
 	srcT, tgtT, err := transform.LoadTables(ctx, field, tc, src, tgt)
 	if err != nil {
 		return nil, err
