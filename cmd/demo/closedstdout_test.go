@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // TestClosedStdout plays `make demo 2>&1 | tee log` and Ctrl-C: the
@@ -104,7 +106,7 @@ func TestClosedStdout(t *testing.T) {
 	case <-time.After(4 * time.Minute):
 		t.Fatal("the demo still runs 4 minutes after Ctrl-C")
 	}
-	if alive(tandemPID) {
+	if pgcluster.ProcessAlive(tandemPID) {
 		t.Errorf("tandem (pid %d) still runs after the demo exited", tandemPID)
 	}
 	if left := processesUnder(scratch); len(left) > 0 {
@@ -133,7 +135,7 @@ func processesUnder(dir string) []string {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if alive(pid) {
+		if pgcluster.ProcessAlive(pid) {
 			out = append(out, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(b), "\x00", " ")))
 		}
 	}

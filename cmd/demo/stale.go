@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // A demo that was killed (kill -9, a closed terminal) leaves its two
@@ -73,7 +74,7 @@ func removeStale(parent string) (removed []string, errs []error) {
 			continue
 		}
 		if pid, ok := readPID(dir, demoPIDFile); ok {
-			if alive(pid) && cmdlineHas(pid, "demo") {
+			if pgcluster.ProcessAlive(pid) && cmdlineHas(pid, "demo") {
 				continue // a demo still running
 			}
 		} else if time.Since(fi.ModTime()) < startGrace {
@@ -102,11 +103,11 @@ func removeStale(parent string) (removed []string, errs []error) {
 // has since given to another process is never signalled.
 func stopLeftovers(dir string) ([]string, error) {
 	var what []string
-	if pid, ok := readPID(dir, tandemPIDFile); ok && alive(pid) && cmdlineHas(pid, "tandem", "run") {
+	if pid, ok := readPID(dir, tandemPIDFile); ok && pgcluster.ProcessAlive(pid) && cmdlineHas(pid, "tandem", "run") {
 		// Safe at any moment: a restart resumes from the checkpoint, and
 		// these databases go away next anyway.
 		_ = syscall.Kill(pid, syscall.SIGKILL)
-		if !waitGone(pid, 10*time.Second) {
+		if !pgcluster.WaitExited(pid, 10*time.Second) {
 			return what, fmt.Errorf("tandem (pid %d) still running after SIGKILL", pid)
 		}
 		what = append(what, fmt.Sprintf("tandem (pid %d)", pid))
@@ -115,47 +116,22 @@ func stopLeftovers(dir string) ([]string, error) {
 	for _, f := range pidFiles {
 		data := filepath.Dir(f)
 		pid, ok := readPID(data, "postmaster.pid")
-		if !ok || !alive(pid) || !cmdlineHas(pid, data) {
+		if !ok || !pgcluster.ProcessAlive(pid) || !cmdlineHas(pid, data) {
 			continue
 		}
 		// SIGQUIT is PostgreSQL's immediate shutdown: the postmaster
 		// stops its children and exits. Nothing in it is worth a
 		// checkpoint.
 		_ = syscall.Kill(pid, syscall.SIGQUIT)
-		if !waitGone(pid, 15*time.Second) {
+		if !pgcluster.WaitExited(pid, 15*time.Second) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
-			if !waitGone(pid, 5*time.Second) {
+			if !pgcluster.WaitExited(pid, 5*time.Second) {
 				return what, fmt.Errorf("PostgreSQL (pid %d, %s) still running after SIGKILL", pid, data)
 			}
 		}
 		what = append(what, fmt.Sprintf("PostgreSQL (pid %d)", pid))
 	}
 	return what, nil
-}
-
-// alive reports whether pid runs and is not a zombie.
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// The state follows the command name, which is in parentheses.
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
-			return false
-		}
-	}
-	return true
-}
-
-func waitGone(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return true
 }
 
 // cmdlineHas reports whether pid's command line contains every one of

@@ -59,7 +59,7 @@ func TestRemoveStale(t *testing.T) {
 	if c.Running() {
 		t.Fatal("the stale cluster still runs")
 	}
-	if alive(fake.Process.Pid) {
+	if pgcluster.ProcessAlive(fake.Process.Pid) {
 		t.Fatal("the stale tandem still runs")
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {

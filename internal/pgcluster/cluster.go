@@ -294,7 +294,7 @@ func (c *Cluster) StartAgain(ctx context.Context) error {
 // Running reports whether a live postmaster owns the data directory.
 func (c *Cluster) Running() bool {
 	pid, err := c.postmasterPID()
-	return err == nil && processAlive(pid)
+	return err == nil && ProcessAlive(pid)
 }
 
 // Kill simulates a server crash: it SIGKILLs the postmaster (pid from
@@ -306,7 +306,7 @@ func (c *Cluster) Kill() error {
 	if err != nil {
 		return fmt.Errorf("kill cluster %q: %w", c.name, err)
 	}
-	if !processAlive(pid) {
+	if !ProcessAlive(pid) {
 		return fmt.Errorf("kill cluster %q: postmaster %d: %w", c.name, pid, ErrNotRunning)
 	}
 	if err := killProcessTree(pid, 15*time.Second); err != nil {

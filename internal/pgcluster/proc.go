@@ -78,7 +78,7 @@ func killProcessTree(pid int, timeout time.Duration) error {
 	for {
 		var left []int
 		for _, p := range all {
-			if processAlive(p) {
+			if ProcessAlive(p) {
 				left = append(left, p)
 			}
 		}
@@ -112,9 +112,22 @@ func processExists(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// processAlive reports whether pid exists and is not a zombie. A zombie has
+// WaitExited waits up to timeout for pid to stop running (a zombie counts
+// as stopped) and reports whether it did.
+func WaitExited(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for ProcessAlive(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// ProcessAlive reports whether pid exists and is not a zombie. A zombie has
 // released its memory and sockets, so for our purposes it is dead.
-func processAlive(pid int) bool {
+func ProcessAlive(pid int) bool {
 	if !processExists(pid) {
 		return false
 	}
