@@ -26,9 +26,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/internal/testkit"
 	"github.com/tandem-migrate/tandem/pkg/change"
-	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // tandemBin is the binary under test, built once by TestMain.

@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tandem-migrate/tandem/internal/testkit"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/testkit"
 )
 
 // TestRealSchema migrates a realistic schema (testkit/realschema.go: 16

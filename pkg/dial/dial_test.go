@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-migrate/tandem/pkg/dial"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 func TestConfig(t *testing.T) {

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-migrate/tandem/internal/testkit"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/internal/testkit"
 )
 
 // enableTLS gives a cluster a self-signed certificate and turns ssl on.

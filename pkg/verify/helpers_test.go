@@ -13,8 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/pkg/config"
 )
 
 // One cluster serves every test of the package; each test gets its own
