@@ -29,7 +29,7 @@ image:
 # hence the generous timeout. -count=1 because cached results would hide
 # flakiness against a real server.
 test:
-	$(GO) test -count=1 -timeout 25m $(TESTFLAGS) ./...
+	$(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
 
 # -short means "fewer rounds", not "no database": integration tests still run.
 test-short:
