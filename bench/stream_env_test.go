@@ -19,10 +19,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
-	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/pkg/pipeline"
 )
 

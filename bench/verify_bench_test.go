@@ -14,8 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/internal/pgcluster"
+	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/verify"
 )
 
