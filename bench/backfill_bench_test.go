@@ -14,15 +14,15 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // BenchmarkBackfill is issue 3's acceptance for the backfill, measured in
 // one run on one cluster pair so the figures stand side by side:
 //
 //   - throughput: tandem's copy of a 1M-row table with limits off, beside a
-//     plain COPY pipe and pgcopydb (aim: tandem >= 0.8 of plain COPY);
+//     plain COPY pipe and pgcopydb (aim: tandem >= 0.8 of plain COPY), with
+//     the old database at synchronous_commit on and at off (issue 7: the
+//     aim holds whatever the source's default);
 //   - impact: pgbench TPS on the old database while a rate-limited backfill
 //     runs, as a ratio of its TPS without one (aim: >= 0.9);
 //   - rss: the tandem process's peak RSS copying a 1M and a 5M-row table
@@ -44,26 +44,53 @@ const bfTable = "items"
 
 // bfPhaseBudget stops trying further tandem configurations once the
 // throughput phase has run this long, to keep `make bench` bounded; the
-// plain copies and the default tandem run every round, as the paired
-// ratios need them.
-const bfPhaseBudget = 6 * time.Minute
+// plain copies and the default tandem run every round in every setting, as
+// the paired ratios need them.
+const bfPhaseBudget = 7 * time.Minute
+
+// bfSyncSettings are the old database's synchronous_commit values the
+// throughput phase copies under, the server's default first. The copy
+// reads on the old side and writes only on the new one, so the plain COPY
+// pipe commits nothing where the setting applies; tandem commits a
+// watermark there for every chunk and then waits to see it in its stream,
+// which the walsender sends only once flushed. With the default at off
+// those commits would wait for the WAL writer's round (issue 7, item 5),
+// unless tandem's session commits synchronously whatever the default.
+var bfSyncSettings = []string{"on", "off"}
+
+// bfSyncDefault is the setting the other phases run under.
+const bfSyncDefault = "on"
 
 // bfSummary collects the figures for the final side-by-side table.
 type bfSummary struct {
 	rows      int64
 	textBytes int64
 
+	// With the source at the default setting: every copier, bests of the
+	// rounds.
 	copyText, copyBinary, pgcopydb *bfResult
 	pgcopydbNote                   string
 	tandem                         []bfResult
 	tandemDefault, tandemBest      *bfResult
-	// pairs are each round's default-tandem/COPY-text ratio.
-	pairs []float64
+	// sync is the default tandem against plain COPY text under each of
+	// bfSyncSettings, in that order.
+	sync []*bfSyncRun
 
 	impact []*bfImpact
 
 	rss []bfResult
 }
+
+// bfSyncRun is the paired comparison under one synchronous_commit setting
+// of the old database.
+type bfSyncRun struct {
+	setting          string
+	copyText, tandem *bfResult // bests of the rounds
+	// pairs are each round's default-tandem/COPY-text ratio.
+	pairs []float64
+}
+
+func (r *bfSyncRun) median() float64 { return median(r.pairs) }
 
 // bfImpact is one mode of the source-impact phase.
 type bfImpact struct {
@@ -82,18 +109,22 @@ type bfImpact struct {
 func (i *bfImpact) baseline() float64 { return (i.baseBefore.tps + i.baseAfter.tps) / 2 }
 func (i *bfImpact) ratio() float64    { return i.during.tps / i.baseline() }
 
-// bfRounds is how often each copier runs. The machine is shared and the
-// same plain COPY has been seen to run at 290k rows/s in one round and
-// 466k in the next, so a ratio of two bests taken minutes apart says more
-// about the machine than about tandem. The verdict uses the median of the
-// rounds' own ratios instead: each round runs COPY and tandem back to
-// back, so drift between rounds cancels out.
+// bfRounds is how often each copier runs in each setting. The machine is
+// shared and the same plain COPY has been seen to run at 290k rows/s in one
+// round and 466k in the next, so a ratio of two bests taken minutes apart
+// says more about the machine than about tandem. The verdict uses the
+// median of the rounds' own ratios instead: each round runs COPY and tandem
+// back to back, so drift between rounds cancels out.
 const bfRounds = 4
 
 // bfCopier is one way of copying the table.
 type bfCopier struct {
 	key string
 	run func(context.Context) (bfResult, error)
+	// everySetting marks the copiers of the paired ratio, which run under
+	// every synchronous_commit setting; the others run under the default
+	// only.
+	everySetting bool
 	// sweep marks the non-default tandem settings, which the phase budget
 	// may skip.
 	sweep bool
@@ -102,10 +133,18 @@ type bfCopier struct {
 func (e *bfEnv) throughputPhase(b *testing.B, sum *bfSummary) {
 	ctx := b.Context()
 	phaseStart := time.Now()
-	fmt.Printf("\n--- backfill throughput: %d rows, %.0f MB as COPY text, limits off, best of %d rounds ---\n", sum.rows, float64(sum.textBytes)/1e6, bfRounds)
+	fmt.Printf("\n--- backfill throughput: %d rows, %.0f MB as COPY text, limits off, %d interleaved rounds, old database at synchronous_commit %s ---\n",
+		sum.rows, float64(sum.textBytes)/1e6, bfRounds, strings.Join(bfSyncSettings, " and "))
+	// Whatever happens here, the phases after this one run under the
+	// server's default.
+	defer func() {
+		if err := e.setSourceSync(context.WithoutCancel(ctx), ""); err != nil {
+			b.Error(err)
+		}
+	}()
 
 	copiers := []bfCopier{
-		{key: "copy-text", run: func(ctx context.Context) (bfResult, error) { return e.plainCopy(ctx, bfTable, "text") }},
+		{key: "copy-text", everySetting: true, run: func(ctx context.Context) (bfResult, error) { return e.plainCopy(ctx, bfTable, "text") }},
 		{key: "copy-binary", run: func(ctx context.Context) (bfResult, error) { return e.plainCopy(ctx, bfTable, "binary") }},
 	}
 	if bin, err := exec.LookPath("pgcopydb"); err != nil {
@@ -122,36 +161,63 @@ func (e *bfEnv) throughputPhase(b *testing.B, sum *bfSummary) {
 	for i, c := range []struct{ chunk, workers int }{{20000, 2}, {5000, 2}, {20000, 4}, {50000, 2}} {
 		o := bfRunOpts{Table: bfTable, Slot: fmt.Sprintf("bf_c%d_w%d", c.chunk, c.workers), ChunkRows: c.chunk, Workers: c.workers}
 		tandemKeys = append(tandemKeys, o.Slot)
-		copiers = append(copiers, bfCopier{key: o.Slot, sweep: i > 0,
+		copiers = append(copiers, bfCopier{key: o.Slot, everySetting: i == 0, sweep: i > 0,
 			run: func(ctx context.Context) (bfResult, error) { return e.tandemInproc(ctx, o) }})
 	}
 
-	best := map[string]*bfResult{}
+	runs := map[string]*bfSyncRun{}
+	for _, s := range bfSyncSettings {
+		r := &bfSyncRun{setting: s}
+		runs[s] = r
+		sum.sync = append(sum.sync, r)
+	}
+	best := map[string]*bfResult{} // by copier key, under the default setting
 	for round := 1; round <= bfRounds; round++ {
-		this := map[string]bfResult{}
-		for _, c := range copiers {
-			if c.sweep && time.Since(phaseStart) > bfPhaseBudget {
-				fmt.Printf("(skipping %s: phase budget %s spent)\n", c.key, bfPhaseBudget)
-				continue
-			}
-			r, err := c.run(ctx)
-			if err != nil {
-				b.Fatalf("%s: %v", c.key, err)
-			}
-			r.Label = fmt.Sprintf("[%d] %s", round, r.Label)
-			e.printResult(r)
-			this[c.key] = r
-			if prev := best[c.key]; prev == nil || r.Elapsed < prev.Elapsed {
-				best[c.key] = &r
-			}
+		// The settings take turns going first, so neither always follows
+		// the same copy.
+		order := slices.Clone(bfSyncSettings)
+		if round%2 == 0 {
+			slices.Reverse(order)
 		}
-		if cp, ok := this["copy-text"]; ok {
-			if td, ok := this[tandemKeys[0]]; ok {
-				sum.pairs = append(sum.pairs, td.RowsPerSec()/cp.RowsPerSec())
-				fmt.Printf("[%d] tandem default / plain COPY text in this round: %.2f\n", round, sum.pairs[len(sum.pairs)-1])
+		for _, setting := range order {
+			if err := e.setSourceSync(ctx, setting); err != nil {
+				b.Fatal(err)
 			}
+			sr := runs[setting]
+			this := map[string]bfResult{}
+			for _, c := range copiers {
+				if !c.everySetting && setting != bfSyncDefault {
+					continue
+				}
+				if c.sweep && time.Since(phaseStart) > bfPhaseBudget {
+					fmt.Printf("(skipping %s: phase budget %s spent)\n", c.key, bfPhaseBudget)
+					continue
+				}
+				r, err := c.run(ctx)
+				if err != nil {
+					b.Fatalf("%s, source synchronous_commit %s: %v", c.key, setting, err)
+				}
+				r.Label = fmt.Sprintf("[%d, sync %s] %s", round, setting, r.Label)
+				e.printResult(r)
+				this[c.key] = r
+				if setting == bfSyncDefault {
+					if prev := best[c.key]; prev == nil || r.Elapsed < prev.Elapsed {
+						best[c.key] = &r
+					}
+				}
+			}
+			cp, td := this["copy-text"], this[tandemKeys[0]]
+			if sr.copyText == nil || cp.Elapsed < sr.copyText.Elapsed {
+				sr.copyText = &cp
+			}
+			if sr.tandem == nil || td.Elapsed < sr.tandem.Elapsed {
+				sr.tandem = &td
+			}
+			sr.pairs = append(sr.pairs, td.RowsPerSec()/cp.RowsPerSec())
+			fmt.Printf("[%d, sync %s] tandem default / plain COPY text in this round: %.2f\n", round, setting, sr.pairs[len(sr.pairs)-1])
 		}
 	}
+	fmt.Printf("(throughput phase: %s)\n", time.Since(phaseStart).Round(time.Second))
 	sum.copyText, sum.copyBinary, sum.pgcopydb = best["copy-text"], best["copy-binary"], best["pgcopydb"]
 	for _, k := range tandemKeys {
 		if r := best[k]; r != nil {
@@ -166,34 +232,86 @@ func (e *bfEnv) throughputPhase(b *testing.B, sum *bfSummary) {
 		}
 	}
 
-	ratio := sum.pairedMedian()
-	b.ReportMetric(sum.copyText.RowsPerSec(), "copy_rows/s")
-	b.ReportMetric(sum.tandemDefault.RowsPerSec(), "tandem_default_rows/s")
+	// The default setting keeps the metric names it always had.
+	for _, sr := range sum.sync {
+		suffix := ""
+		if sr.setting != bfSyncDefault {
+			suffix = "_sync_" + sr.setting
+		}
+		b.ReportMetric(sr.copyText.RowsPerSec(), "copy_rows/s"+suffix)
+		b.ReportMetric(sr.tandem.RowsPerSec(), "tandem_default_rows/s"+suffix)
+		b.ReportMetric(sr.median(), "tandem/copy_paired_median"+suffix)
+	}
 	b.ReportMetric(sum.tandemBest.RowsPerSec(), "tandem_best_rows/s")
-	b.ReportMetric(ratio, "tandem/copy_paired_median")
 	if sum.pgcopydb != nil {
 		b.ReportMetric(sum.pgcopydb.RowsPerSec(), "pgcopydb_rows/s")
 		b.ReportMetric(sum.tandemBest.RowsPerSec()/sum.pgcopydb.RowsPerSec(), "tandem/pgcopydb")
 	}
 
 	// Below the aim, say where the time goes: a CPU profile of this process,
-	// which hosts the pipeline, during one more default-sized copy.
-	if ratio < 0.8 {
-		profile := filepath.Join(os.TempDir(), "tandem-backfill-cpu.pprof")
+	// which hosts the pipeline, during one more default-sized copy under
+	// the setting that missed it.
+	for _, sr := range sum.sync {
+		if sr.median() >= 0.8 {
+			continue
+		}
+		if err := e.setSourceSync(ctx, sr.setting); err != nil {
+			b.Fatal(err)
+		}
+		profile := filepath.Join(os.TempDir(), "tandem-backfill-cpu-sync-"+sr.setting+".pprof")
 		r, err := e.tandemInproc(ctx, bfRunOpts{Table: bfTable, Slot: "bf_profiled", ChunkRows: 20000, Workers: 2, Profile: profile})
 		if err != nil {
 			b.Fatal(err)
 		}
-		r.Label = "[profiled] " + r.Label
+		r.Label = fmt.Sprintf("[profiled, sync %s] %s", sr.setting, r.Label)
 		e.printResult(r)
 		fmt.Printf("CPU profile of the pipeline (this process) during that run: %s\n", profile)
 		bfPrintProfileTop(profile)
 	}
 }
 
+// setSourceSync sets the old database's synchronous_commit for every
+// session that starts from now on, as an operator would (ALTER SYSTEM and a
+// reload), and waits until a new session sees it; "" restores the
+// server's default.
+func (e *bfEnv) setSourceSync(ctx context.Context, setting string) error {
+	stmt, want := "ALTER SYSTEM RESET synchronous_commit", bfSyncDefault
+	if setting != "" {
+		stmt, want = "ALTER SYSTEM SET synchronous_commit = '"+setting+"'", setting
+	}
+	if _, err := e.oldDB.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("old database: %s: %w", stmt, err)
+	}
+	if _, err := e.oldDB.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("old database: reload: %w", err)
+	}
+	// The postmaster rereads the file when the signal reaches it, after
+	// pg_reload_conf has returned.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := e.old.Connect(ctx, streamDB)
+		if err != nil {
+			return fmt.Errorf("old database: %w", err)
+		}
+		var got string
+		err = conn.QueryRow(ctx, "SHOW synchronous_commit").Scan(&got)
+		conn.Close(ctx)
+		if err != nil {
+			return fmt.Errorf("old database: show synchronous_commit: %w", err)
+		}
+		if got == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("old database: synchronous_commit still %s 10s after setting it to %s", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // printResult prints one copy with where its CPU time went.
 func (e *bfEnv) printResult(r bfResult) {
-	fmt.Printf("%-50s %9.0f rows/s  %6.1fs  (%d rows)\n", r.Label, r.RowsPerSec(), r.Elapsed.Seconds(), r.Rows)
+	fmt.Printf("%-56s %9.0f rows/s  %6.1fs  (%d rows)\n", r.Label, r.RowsPerSec(), r.Elapsed.Seconds(), r.Rows)
 	c := r.CPU
 	walsender := ""
 	if d := c.Roles.Clusters[e.old.Name()]["walsender"]; d > 0 {
@@ -399,12 +517,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 	if err := settle(); err != nil {
 		return nil, err
 	}
-	port, err := pgcluster.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	o := bfRunOpts{Table: bfTable, Slot: "bf_impact_" + strings.ReplaceAll(mode.name, " ", "_"), ChunkRows: 20000, Workers: 2, RowsPerSecond: bfImpactRate, Metrics: addr}
+	o := bfRunOpts{Table: bfTable, Slot: "bf_impact_" + strings.ReplaceAll(mode.name, " ", "_"), ChunkRows: 20000, Workers: 2, RowsPerSecond: bfImpactRate}
 	t, cfg, err := e.startProcess(bin, o)
 	if err != nil {
 		return nil, err
@@ -430,13 +543,12 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 		}
 	}
 	// Windows with the backfill running alternate with windows where it is
-	// paused over /backfill (the same tandem process, still streaming), so
-	// each pair sees the same machine; the pairs' median ratio is the
-	// backfill's own cost.
-	control := "http://" + o.Metrics + "/backfill"
+	// paused over the control socket, as `tandem backfill pause` does (the
+	// same tandem process, still streaming), so each pair sees the same
+	// machine; the pairs' median ratio is the backfill's own cost.
 	var onTPS, onSecs float64
 	for k := 1; k <= bfImpactPairs; k++ {
-		if err := bfPost(ctx, control+"?pause"); err != nil {
+		if err := e.control(ctx, cfg, o, "pause"); err != nil {
 			return nil, err
 		}
 		time.Sleep(time.Second) // chunks already read land first
@@ -444,7 +556,7 @@ func (e *bfEnv) impactRun(ctx context.Context, mode bfImpactMode, pgbench, bin s
 		if err != nil {
 			return nil, err
 		}
-		if err := bfPost(ctx, control+"?resume"); err != nil {
+		if err := e.control(ctx, cfg, o, "resume"); err != nil {
 			return nil, err
 		}
 		_, before, err := e.backfillState(ctx, cfg.Name)
@@ -569,11 +681,34 @@ func bfMiB(n int64) float64 { return float64(n) / (1 << 20) }
 func (s *bfSummary) print(w io.Writer) {
 	fmt.Fprintf(w, "\n==================== tandem backfill benchmark ====================\n")
 	if s.copyText != nil {
+		fmt.Fprintf(w, "Throughput, %d rows (8 columns, %.0f MB as COPY text), limits off, %d interleaved rounds per setting:\n", s.rows, float64(s.textBytes)/1e6, bfRounds)
+		// The verdict first: tandem's default against the plain COPY pipe
+		// of the same round, under each synchronous_commit of the old side.
+		col := func(f func(*bfSyncRun) string) string {
+			var out string
+			for _, sr := range s.sync {
+				out += fmt.Sprintf(" %14s", f(sr))
+			}
+			return out
+		}
+		fmt.Fprintf(w, "  %-52s%s\n", "old database's synchronous_commit", col(func(sr *bfSyncRun) string { return sr.setting }))
+		fmt.Fprintf(w, "  %-52s%s\n", "plain COPY text (pgconn pipe), best round, rows/s", col(func(sr *bfSyncRun) string { return fmt.Sprintf("%.0f", sr.copyText.RowsPerSec()) }))
+		fmt.Fprintf(w, "  %-52s%s\n", "tandem default (chunk 20000 workers 2), best round", col(func(sr *bfSyncRun) string { return fmt.Sprintf("%.0f", sr.tandem.RowsPerSec()) }))
+		fmt.Fprintf(w, "  %-52s%s\n", "tandem/COPY within a round: median", col(func(sr *bfSyncRun) string { return fmt.Sprintf("%.2f", sr.median()) }))
+		fmt.Fprintf(w, "  %-52s%s\n", "  lowest-highest round", col(func(sr *bfSyncRun) string {
+			p := slices.Sorted(slices.Values(sr.pairs))
+			return fmt.Sprintf("%.2f-%.2f", p[0], p[len(p)-1])
+		}))
+		fmt.Fprintf(w, "  %-52s%s\n", "  aim >= 0.80", col(func(sr *bfSyncRun) string { return bfVerdict(sr.median() >= 0.8) }))
+		for _, sr := range s.sync {
+			fmt.Fprintf(w, "  rounds at synchronous_commit %-3s tandem/COPY: %s\n", sr.setting, fmtRatios(sr.pairs))
+		}
+
 		base := s.copyText.RowsPerSec()
-		fmt.Fprintf(w, "Throughput, %d rows (8 columns, %.0f MB as COPY text), limits off:\n", s.rows, float64(s.textBytes)/1e6)
-		fmt.Fprintf(w, "  %-46s %10s %8s %9s\n", "", "rows/s", "time", "vs COPY")
+		fmt.Fprintf(w, "  Every copier at synchronous_commit %s, best of the rounds:\n", bfSyncDefault)
+		fmt.Fprintf(w, "  %-52s %10s %8s %9s\n", "", "rows/s", "time", "vs COPY")
 		line := func(label string, r *bfResult) {
-			fmt.Fprintf(w, "  %-46s %10.0f %7.1fs %9.2f\n", label, r.RowsPerSec(), r.Elapsed.Seconds(), r.RowsPerSec()/base)
+			fmt.Fprintf(w, "  %-52s %10.0f %7.1fs %9.2f\n", label, r.RowsPerSec(), r.Elapsed.Seconds(), r.RowsPerSec()/base)
 		}
 		line("plain COPY text (pgconn pipe)", s.copyText)
 		line("plain COPY binary (pgconn pipe)", s.copyBinary)
@@ -595,12 +730,6 @@ func (s *bfSummary) print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  tandem/COPY, bests of all rounds: default %.2f, best %.2f\n",
 			s.tandemDefault.RowsPerSec()/base, s.tandemBest.RowsPerSec()/base)
-		sorted := slices.Sorted(slices.Values(s.pairs))
-		fmt.Fprintf(w, "  tandem default/COPY within each round: %s; median %.2f   (aim >= 0.80: %s)\n",
-			fmtRatios(s.pairs), s.pairedMedian(), bfVerdict(s.pairedMedian() >= 0.8))
-		if len(sorted) > 0 {
-			fmt.Fprintf(w, "    (range %.2f-%.2f)\n", sorted[0], sorted[len(sorted)-1])
-		}
 		if s.pgcopydb != nil {
 			p := s.pgcopydb.RowsPerSec()
 			fmt.Fprintf(w, "  tandem/pgcopydb: default %.2f, best %.2f\n", s.tandemDefault.RowsPerSec()/p, s.tandemBest.RowsPerSec()/p)
@@ -631,9 +760,6 @@ func (s *bfSummary) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "===================================================================\n")
 }
-
-// pairedMedian is the median of the rounds' default-tandem/COPY ratios.
-func (s *bfSummary) pairedMedian() float64 { return median(s.pairs) }
 
 func median(v []float64) float64 {
 	if len(v) == 0 {

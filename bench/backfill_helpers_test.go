@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,10 +20,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/tandem-migrate/tandem/internal/pgcluster"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/control"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
-	"github.com/tandem-migrate/tandem/internal/pgcluster"
 )
 
 // The backfill benchmark copies one realistic table from an old cluster to
@@ -419,9 +420,6 @@ type bfRunOpts struct {
 	RowsPerSecond float64
 	// StreamOnly runs tandem with the backfill off: the stream's own cost.
 	StreamOnly bool
-	// Metrics is the process's metrics listen address (with /backfill),
-	// empty for none.
-	Metrics string
 	// Profile, when set, is where a CPU profile of this process (which
 	// hosts the in-process pipeline) is written for the run.
 	Profile string
@@ -625,11 +623,12 @@ func (e *bfEnv) startProcess(bin string, o bfRunOpts) (*binaryTandem, *config.Co
 source: {dsn: %q, slot: %s, publication: %s}
 target: {dsn: %q}
 backfill: %s
-metrics: {listen: %q}
+metrics: {listen: ""}
+control: {socket: %q}
 log: {level: info}
 tables:
   - source: public.%s
-`, cfg.Name, cfg.Source.DSN, cfg.Source.Slot, cfg.Source.Publication, cfg.Target.DSN, backfill, o.Metrics, o.Table)
+`, cfg.Name, cfg.Source.DSN, cfg.Source.Slot, cfg.Source.Publication, cfg.Target.DSN, backfill, e.controlSocket(o), o.Table)
 	cfgPath := filepath.Join(e.dir, o.Slot+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		return nil, nil, fmt.Errorf("write tandem config: %w", err)
@@ -702,19 +701,21 @@ func (e *bfEnv) waitStreaming(ctx context.Context, slot string, alive func() err
 	}
 }
 
-// bfPost sends a control request to a running tandem.
-func bfPost(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+// controlSocket is where a process run serves its backfill controls: in
+// the run's directory, not in a default place shared with anything else.
+func (e *bfEnv) controlSocket(o bfRunOpts) string {
+	return filepath.Join(e.dir, o.Slot+".sock")
+}
+
+// control sends pause or resume to the `tandem run` of o over its control
+// socket, as `tandem backfill pause|resume` does.
+func (e *bfEnv) control(ctx context.Context, cfg *config.Config, o bfRunOpts, action string) error {
+	c, err := control.NewClient(cfg, control.Target{Socket: e.controlSocket(o)})
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("POST %s: %w", url, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("POST %s: %s", url, resp.Status)
+	if _, err := c.Change(ctx, url.Values{action: {""}}); err != nil {
+		return fmt.Errorf("backfill %s: %w", action, err)
 	}
 	return nil
 }
