@@ -114,7 +114,7 @@ func Delete(ctx context.Context, q catalog.Querier, name string) error {
 	if err == nil {
 		_, err = q.Exec(ctx, `DELETE FROM tandem.backfill WHERE name = $1`, name)
 	}
-	if undefinedTable(err) {
+	if Missing(err) {
 		return nil
 	}
 	return err

@@ -33,7 +33,7 @@ func LoadProgress(ctx context.Context, q catalog.Querier, name string) (map[stri
 	out := map[string]Progress{}
 	rows, err := q.Query(ctx, `SELECT source, target, cursor, done, rows_copied,
 		extract(epoch FROM updated_at - started_at)::float8 FROM tandem.backfill WHERE name = $1`, name)
-	if undefinedTable(err) {
+	if Missing(err) {
 		return out, nil
 	}
 	if err != nil {
@@ -47,7 +47,7 @@ func LoadProgress(ctx context.Context, q catalog.Querier, name string) (map[stri
 		}
 		out[MappingKey(p.Source, p.Target)] = p
 	}
-	if err := rows.Err(); err != nil && !undefinedTable(err) {
+	if err := rows.Err(); err != nil && !Missing(err) {
 		return nil, fmt.Errorf("load backfill progress: %w", err)
 	}
 	return out, nil
@@ -72,7 +72,7 @@ func ProgressStatement(name, source, target string, cursor []byte, done bool, co
 func Exists(ctx context.Context, q catalog.Querier, name string) (bool, error) {
 	var existed bool
 	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tandem.checkpoint WHERE name = $1)`, name).Scan(&existed)
-	if undefinedTable(err) {
+	if Missing(err) {
 		return false, nil
 	}
 	if err != nil {
@@ -81,7 +81,9 @@ func Exists(ctx context.Context, q catalog.Querier, name string) (bool, error) {
 	return existed, nil
 }
 
-func undefinedTable(err error) bool {
+// Missing reports an error that says schema tandem or its tables do not
+// exist on the target: tandem never ran against it.
+func Missing(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
 }

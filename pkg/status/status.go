@@ -4,7 +4,6 @@ package status
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -85,7 +84,7 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 		return nil, fmt.Errorf("source position: %w", err)
 	}
 	lsn, ok, err := checkpoint.ForConfig(cfg, tgt).Load(ctx)
-	if err != nil && !isUndefinedTable(err) {
+	if err != nil && !checkpoint.Missing(err) {
 		return nil, err
 	}
 	if ok {
@@ -130,11 +129,6 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 		r.LagSeconds = &secs
 	}
 	return r, nil
-}
-
-func isUndefinedTable(err error) bool {
-	var pgErr interface{ SQLState() string }
-	return errors.As(err, &pgErr) && (pgErr.SQLState() == "42P01" || pgErr.SQLState() == "3F000")
 }
 
 // Text writes the report for people.
