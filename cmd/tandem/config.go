@@ -19,7 +19,7 @@ var envKeys = []string{
 	"name", "source.dsn", "source.slot", "source.publication", "target.dsn",
 	"checkpoint.store", "checkpoint.path", "metrics.listen", "log.level", "log.format",
 	"control.socket", "control.listen", "control.token_file",
-	"backfill.enabled", "nats.url",
+	"backfill.enabled", "nats.url", "nats.user", "nats.password", "nats.token",
 }
 
 // loadConfig reads the YAML file, applies TANDEM_* environment overrides,

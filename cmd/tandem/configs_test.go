@@ -32,7 +32,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 
 // notInExample are config fields example.yaml deliberately leaves out,
 // with the reason given there.
-var notInExample = map[string]bool{"nats": true}
+var notInExample = map[string]bool{}
 
 // TestExampleDocumentsEveryField fails when a config field is missing from
 // configs/example.yaml, so a new knob cannot ship undocumented.

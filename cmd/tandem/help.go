@@ -19,9 +19,6 @@ var controlEnvKeys = []string{"name", "source.slot", "control.socket", "control.
 func envHelp(keys []string, databases bool) string {
 	var names []string
 	for _, k := range keys {
-		if k == "nats.url" {
-			continue // reserved and ignored
-		}
 		names = append(names, "TANDEM_"+strings.ToUpper(strings.ReplaceAll(k, ".", "_")))
 	}
 	s := `Environment:

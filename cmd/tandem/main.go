@@ -51,7 +51,7 @@ func main() {
 	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "", "migration config file (YAML)")
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("tandem {{.Version}}\n")
-	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd(), backfillCmd(&cfgPath))
+	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd(), backfillCmd(&cfgPath), tailCmd(&cfgPath))
 	applyHelp(root)
 	if err := root.Execute(); err != nil {
 		code := 1
@@ -275,7 +275,7 @@ func validateCmd(cfgPath *string) *cobra.Command {
 }
 
 func teardownCmd(cfgPath *string) *cobra.Command {
-	var keepCheckpoint, force bool
+	var keepCheckpoint, force, deleteStream bool
 	c := &cobra.Command{
 		Use:   "teardown",
 		Short: "Drop the replication slot and publication (after rollback or cutover) so the old database stops keeping WAL",
@@ -300,6 +300,9 @@ func teardownCmd(cfgPath *string) *cobra.Command {
 				return err
 			}
 			report(cmd, dropped, "dropped", "publication "+cfg.Source.Publication)
+			if err := teardownStream(ctx, cmd, cfg, deleteStream); err != nil || cfg.StreamOnly() {
+				return err
+			}
 			if keepCheckpoint || cfg.Checkpoint.Store != "target" {
 				return nil
 			}
@@ -317,6 +320,7 @@ func teardownCmd(cfgPath *string) *cobra.Command {
 		}),
 	}
 	c.Flags().BoolVar(&keepCheckpoint, "keep-checkpoint", false, "leave tandem's checkpoint rows on the target")
+	c.Flags().BoolVar(&deleteStream, "delete-stream", false, "also delete the NATS JetStream stream and its messages (left alone by default: consumers may still read it)")
 	c.Flags().BoolVar(&force, "force", false, "drop the slot even while a connection still holds it (terminates that connection)")
 	return c
 }

@@ -64,7 +64,7 @@ func (c *Config) sizeBounds() []sizeBound {
 
 // checkBounds reports every duration and size field outside its range.
 func (c *Config) checkBounds(add func(field, format string, args ...any)) {
-	for _, b := range c.durationBounds() {
+	for _, b := range append(c.durationBounds(), c.natsDurationBounds()...) {
 		switch {
 		case b.off && b.value == 0:
 		case b.value < b.min || b.value > b.max:
@@ -79,7 +79,7 @@ func (c *Config) checkBounds(add func(field, format string, args ...any)) {
 		add("apply.retry_min", "%s is more than apply.retry_max (%s): the backoff starts at retry_min and doubles up to retry_max; lower retry_min or raise retry_max",
 			fmtDuration(c.Apply.RetryMin), fmtDuration(c.Apply.RetryMax))
 	}
-	for _, b := range c.sizeBounds() {
+	for _, b := range append(c.sizeBounds(), c.natsSizeBounds()...) {
 		if b.value < b.min || b.value > b.max {
 			add(b.field, "must be between %s and %s, got %s", fmtSize(b.min, b.unit), fmtSize(b.max, b.unit), fmtSize(b.value, b.unit))
 		}

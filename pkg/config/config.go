@@ -137,12 +137,6 @@ type VerifyConfig struct {
 	RowsPerSecond float64 `mapstructure:"rows_per_second"`
 }
 
-type NATSConfig struct {
-	URL     string `mapstructure:"url"`
-	Stream  string `mapstructure:"stream"`
-	Subject string `mapstructure:"subject"`
-}
-
 type LogConfig struct {
 	Level  string `mapstructure:"level"`
 	Format string `mapstructure:"format"`
@@ -235,6 +229,7 @@ func (c *Config) ApplyDefaults() {
 			c.Tables[i].Target = c.Tables[i].Source
 		}
 	}
+	c.applyNATSDefaults()
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
@@ -252,7 +247,9 @@ func (c *Config) Validate() error {
 		add("source.dsn", "%v", err)
 	}
 	if c.Target.DSN == "" {
-		add("target.dsn", "required (or set TANDEM_TARGET_DSN), e.g. postgres://user@host:5432/db")
+		if !c.NATS.Enabled() {
+			add("target.dsn", "required (or set TANDEM_TARGET_DSN), e.g. postgres://user@host:5432/db; it may be empty only when nats.url is set and the stream is the only target")
+		}
 	} else if err := checkDSN(c.Target.DSN); err != nil {
 		add("target.dsn", "%v", err)
 	}
@@ -289,11 +286,7 @@ func (c *Config) Validate() error {
 	default:
 		add("log.format", "%q is not one of text, json", c.Log.Format)
 	}
-	if c.NATS != (NATSConfig{}) {
-		// Accepting the section would let a user believe changes are being
-		// published.
-		add("nats", "publishing to NATS JetStream is not built yet; remove the nats: section (and TANDEM_NATS_URL)")
-	}
+	c.validateNATS(add)
 	if len(c.Tables) == 0 {
 		add("tables", "at least one table mapping is required")
 	}

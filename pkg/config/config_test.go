@@ -34,8 +34,8 @@ func TestValidate(t *testing.T) {
 		{"workers", func(c *Config) { c.Backfill.Workers = 100 }, "backfill.workers"},
 		{"log level", func(c *Config) { c.Log.Level = "loud" }, "log.level"},
 		{"replication role", func(c *Config) { c.Apply.ReplicationRole = "always" }, "apply.session_replication_role"},
-		// The fan-out is not built: its section must not pass as working.
-		{"nats section", func(c *Config) { c.NATS.URL = "nats://127.0.0.1:4222" }, "nats"},
+		// A nats: section without a server must not pass as publishing.
+		{"nats section without url", func(c *Config) { c.NATS.Stream = "S" }, "nats.url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -47,6 +47,8 @@ type applier struct {
 	src  *pgx.Conn
 	sink *sink.PGSink
 	dec  *decoder.Decoder
+	// pub publishes to NATS JetStream (publish.go); nil without nats.
+	pub *publisher
 
 	bySource map[string][]*Table
 	byOID    map[uint32][]*transform.Mapping
@@ -213,6 +215,10 @@ func (a *applier) commit(ctx context.Context) error {
 	if err := a.settle(ctx); err != nil {
 		return err
 	}
+	// The stream holds everything before the checkpoint does.
+	if err := a.pub.durable(ctx); err != nil {
+		return err
+	}
 	if err := a.sink.Commit(ctx, lsn); err != nil {
 		return err
 	}
@@ -228,6 +234,7 @@ func (a *applier) commit(ctx context.Context) error {
 }
 
 func (a *applier) handle(ctx context.Context, ev change.Event) error {
+	a.pub.observe(ev)
 	switch e := ev.(type) {
 	case *change.Begin:
 		a.inSrcTx = true
@@ -312,6 +319,9 @@ func (a *applier) counter(table string, op change.Op) prometheus.Counter {
 func (a *applier) onChange(ctx context.Context, c *change.Change) error {
 	if a.tracker != nil {
 		a.tracker.TouchChange(c)
+	}
+	if err := a.pub.change(ctx, c, a.byOID); err != nil {
+		return err
 	}
 	if c.Op == change.Truncate {
 		return a.onTruncate(ctx, c)

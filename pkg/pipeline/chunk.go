@@ -37,6 +37,9 @@ func (a *applier) applyChunk(ctx context.Context, c *backfill.Chunk) error {
 	if err := a.flushGroups(ctx); err != nil {
 		return err
 	}
+	if err := a.pub.chunk(ctx, c); err != nil {
+		return err
+	}
 	t := chunkTarget{s: a.sink, cause: sink.Cause{What: fmt.Sprintf("backfill chunk of %s after key %v", j.Name(), c.Cursor)}}
 	path, err := c.Write(ctx, t, &a.staged, a.cfg.Name)
 	if err != nil {

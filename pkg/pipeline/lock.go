@@ -121,9 +121,14 @@ func (l *migrationLock) ensure(ctx context.Context) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, dial.ConnectTimeout+l.cfg.Source.ReceiveTimeout)
 	defer cancel()
-	conn, err := dial.Open(cctx, l.cfg.Target.DSN, dial.Short(l.cfg.Name, "lock"))
+	dsn, which := l.cfg.Target.DSN, "target"
+	if l.cfg.StreamOnly() {
+		// No new database: the old one holds the lock (one idle session).
+		dsn, which = l.cfg.Source.DSN, "source"
+	}
+	conn, err := dial.Open(cctx, dsn, dial.Short(l.cfg.Name, "lock"))
 	if err != nil {
-		return fmt.Errorf("connect to target database: %w", err)
+		return fmt.Errorf("connect to %s database: %w", which, err)
 	}
 	deadline := time.Now().Add(l.grace)
 	for {

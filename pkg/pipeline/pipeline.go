@@ -34,6 +34,7 @@ import (
 	"github.com/tandem-migrate/tandem/pkg/decoder"
 	"github.com/tandem-migrate/tandem/pkg/dial"
 	"github.com/tandem-migrate/tandem/pkg/metrics"
+	"github.com/tandem-migrate/tandem/pkg/sink"
 )
 
 // Pipeline is a long-lived stream for one config.
@@ -47,6 +48,7 @@ type Pipeline struct {
 	// outlives reconnects.
 	Backfill *backfill.Control
 	bf       *backfill.Metrics
+	jsm      *sink.JetStreamMetrics
 
 	// processed is the LSN up to which everything received is handled
 	// (committed, or known to hold nothing for us); lag is measured to it.
@@ -72,7 +74,7 @@ type Pipeline struct {
 
 // New builds a pipeline; reg receives its metrics.
 func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) *Pipeline {
-	p := &Pipeline{cfg: cfg, base: log, log: log.With("component", "pipeline"), m: metrics.NewStream(reg), bf: backfill.NewMetrics(reg)}
+	p := &Pipeline{cfg: cfg, base: log, log: log.With("component", "pipeline"), m: metrics.NewStream(reg), bf: backfill.NewMetrics(reg), jsm: sink.NewJetStreamMetrics(reg)}
 	p.Backfill = backfill.NewControl(backfill.LimitsOf(cfg.Backfill))
 	p.Health.Set(false, "starting")
 	return p
@@ -111,7 +113,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.attempt.reset()
 		p.beat.Beat()
 		err := lock.ensure(ctx)
-		if err == nil {
+		switch {
+		case err == nil && p.cfg.StreamOnly():
+			err = p.runStreamOnly(ctx)
+		case err == nil:
 			err = p.runOnce(ctx)
 		}
 		p.m.Streaming.Set(0)
@@ -296,12 +301,19 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 		deps.tracker = backfill.NewTracker()
 	}
 
+	pub, err := p.openPublisher(ctx, pos, src, jobs)
+	if err != nil {
+		return err
+	}
+	defer pub.close()
+
 	// Setup is done: from here every call has its own bound.
 	cancelSetup()
 	appBeat := p.Health.Live.Join("applier")
 	defer appBeat.Leave()
 	deps.beat = appBeat
 	a := newApplier(deps, tables, src, tgt, store, dec, pos, groupable)
+	a.pub = pub
 	// The applier's shutdown must outlive the decoder's: it commits what is
 	// complete after the stream stops.
 	g, gctx := errgroup.WithContext(parent)

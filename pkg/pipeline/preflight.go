@@ -22,6 +22,9 @@ import (
 func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if cfg.StreamOnly() {
+		return preflightStreamOnly(ctx, cfg)
+	}
 	var errs []error
 	src, err := dial.Open(ctx, cfg.Source.DSN, dial.Short(cfg.Name, "validate"))
 	if err != nil {
@@ -47,7 +50,11 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if err := targetChecks(ctx, cfg, tgt, tables); err != nil {
 		errs = append(errs, err)
 	}
-	return append(slotNotes, Describe(tables)...), errors.Join(errs...)
+	natsNotes, err := checkNATS(ctx, cfg)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return append(append(slotNotes, Describe(tables)...), natsNotes...), errors.Join(errs...)
 }
 
 // targetChecks makes sure rows can land in the new schema in the order
