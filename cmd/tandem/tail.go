@@ -58,10 +58,10 @@ func tailSubjects(cfg *config.Config, tables []string) ([]string, error) {
 	}
 	var out []string
 	for _, want := range tables {
-		q := config.Qualified(want)
+		q := qualifiedName(want)
 		found := false
 		for _, t := range cfg.Tables {
-			src, tgt := config.Qualified(t.Source), config.Qualified(t.Target)
+			src, tgt := qualifiedName(t.Source), qualifiedName(t.Target)
 			if q != src && q != tgt {
 				continue
 			}
@@ -194,4 +194,14 @@ and acknowledges nothing, so it takes nothing from other consumers.`,
   tandem tail --from-start --json --count 100 --config orders_v2.yaml | jq .`,
 	}
 	exitCodes["tandem tail"] = "\n  0  stopped by Ctrl-C or after --count\n  1  the config does not load, the migration publishes nothing, or NATS cannot be read"
+}
+
+// qualifiedName spells a table as schema.table (public when no schema is
+// given), as cfg.Tables may leave the schema out.
+func qualifiedName(name string) string {
+	s, t, err := config.SplitQualified(name)
+	if err != nil {
+		return name
+	}
+	return s + "." + t
 }
