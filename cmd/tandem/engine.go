@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/lifecycle"
 	"github.com/tandem-migrate/tandem/pkg/metrics"
 	"github.com/tandem-migrate/tandem/pkg/pipeline"
 	"github.com/tandem-migrate/tandem/pkg/verify"
@@ -19,14 +20,24 @@ import (
 type engine struct {
 	reg      *prometheus.Registry
 	pipeline *pipeline.Pipeline
-	shadow   *verify.Shadow // nil unless verify.continuous
+	// reverse streams new -> old once the migration is cut over; follow
+	// starts and stops it as the phase changes.
+	reverse *pipeline.Pipeline
+	follow  *lifecycle.Follower
+	shadow  *verify.Shadow // nil unless verify.continuous
 }
 
 // newEngine builds the daemon's parts and registers their metrics; it
 // connects to nothing.
 func newEngine(cfg *config.Config, log *slog.Logger) (*engine, error) {
 	reg := metrics.NewRegistry()
-	e := &engine{reg: reg, pipeline: pipeline.New(cfg, log, reg)}
+	// Both directions export the same series, told apart by direction.
+	fwdReg := prometheus.WrapRegistererWith(prometheus.Labels{"direction": "forward"}, reg)
+	revReg := prometheus.WrapRegistererWith(prometheus.Labels{"direction": "reverse"}, reg)
+	e := &engine{reg: reg, pipeline: pipeline.New(cfg, log, fwdReg)}
+	revLog := log.With("direction", "reverse")
+	e.reverse = pipeline.New(pipeline.ReverseBase(cfg), revLog, revReg)
+	e.follow = lifecycle.NewFollower(cfg, e.reverse, lifecycle.NewMetrics(reg), log.With("component", "lifecycle"))
 	if cfg.Verify.Continuous {
 		s, err := verify.NewShadow(cfg, verify.OptionsFromConfig(cfg), reg, log.With("component", "shadow-verify"))
 		if err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tandem-migrate/tandem/internal/version"
 	"github.com/tandem-migrate/tandem/pkg/backfill"
+	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/control"
@@ -51,7 +52,8 @@ func main() {
 	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "", "migration config file (YAML)")
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("tandem {{.Version}}\n")
-	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd(), backfillCmd(&cfgPath), tailCmd(&cfgPath))
+	root.AddCommand(runCmd(&cfgPath), validateCmd(&cfgPath), teardownCmd(&cfgPath), statusCmd(&cfgPath), verifyCmd(&cfgPath), versionCmd(), backfillCmd(&cfgPath), tailCmd(&cfgPath),
+		cutoverCmd(&cfgPath), rollbackCmd(&cfgPath))
 	applyHelp(root)
 	if err := root.Execute(); err != nil {
 		code := 1
@@ -133,6 +135,7 @@ func runCmd(cfgPath *string) *cobra.Command {
 				defer cancelRun()
 				return p.Run(runCtx)
 			})
+			g.Go(func() error { return e.follow.Run(runCtx) })
 			log.Info("tandem running", "source", cfg.Source.Slot, "tables", len(cfg.Tables))
 			return g.Wait()
 		}),
@@ -229,7 +232,12 @@ func verifyCmd(cfgPath *string) *cobra.Command {
 			default:
 				return &exitError{code: verify.ExitNotCheck, err: fmt.Errorf("--live must be auto, on or off, not %q", live)}
 			}
+			// Changes after this position may postdate what the pass saw.
+			since, _, serr := checkpoint.ForConfig(cfg, tgt).Load(ctx)
 			rep, err := verify.Run(ctx, cfg, src, tgt, opts, log)
+			if rep != nil && serr == nil {
+				recordPass(ctx, cfg, rep, since, log)
+			}
 			if rep != nil {
 				if asJSON {
 					_ = rep.WriteJSON(cmd.OutOrStdout())
@@ -256,6 +264,19 @@ func verifyCmd(cfgPath *string) *cobra.Command {
 	return c
 }
 
+// recordPass keeps the outcome where the cutover gates read it; failing
+// to keep it does not change what verify found.
+func recordPass(ctx context.Context, cfg *config.Config, rep *verify.Report, since change.LSN, log *slog.Logger) {
+	conn, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "verify"))
+	if err == nil {
+		defer conn.Close(context.Background())
+		err = verify.Record(ctx, conn, rep, since)
+	}
+	if err != nil {
+		log.Warn("could not record the verify pass for the cutover gates", "err", err)
+	}
+}
+
 func validateCmd(cfgPath *string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate",
@@ -264,6 +285,9 @@ func validateCmd(cfgPath *string) *cobra.Command {
 			notes, err := pipeline.Preflight(ctx, cfg)
 			for _, n := range notes {
 				fmt.Fprintln(cmd.OutOrStdout(), "note: "+n)
+			}
+			if err == nil {
+				err = validateReverse(ctx, cmd.OutOrStdout(), cfg, newLogger(cfg))
 			}
 			if err != nil {
 				return fmt.Errorf("validation failed:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
@@ -303,14 +327,17 @@ func teardownCmd(cfgPath *string) *cobra.Command {
 			if err := teardownStream(ctx, cmd, cfg, deleteStream); err != nil || cfg.StreamOnly() {
 				return err
 			}
-			if keepCheckpoint || cfg.Checkpoint.Store != "target" {
-				return nil
-			}
 			tgt, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "teardown"))
 			if err != nil {
 				return fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
 			}
 			defer tgt.Close(context.Background())
+			if err := teardownReverse(ctx, cmd, cfg, src, tgt, force, keepCheckpoint); err != nil {
+				return err
+			}
+			if keepCheckpoint || cfg.Checkpoint.Store != "target" {
+				return nil
+			}
 			removed, err := deleteCheckpoint(ctx, tgt, cfg.Name)
 			if err != nil {
 				return err

@@ -52,7 +52,21 @@ func TestRealSchema(t *testing.T) {
 	t.Logf("clusters up, schemas loaded and history seeded in %s", time.Since(started).Round(time.Millisecond))
 
 	// Slow enough for several kills to land mid-copy (about 60,000 rows).
-	cfg := writeConfig(t, testkit.RealYAML(srcDSN, tgtDSN, slot, "{enabled: true, chunk_rows: 500, workers: 2, rows_per_second: 4000}"))
+	yaml := testkit.RealYAML(srcDSN, tgtDSN, slot, "{enabled: true, chunk_rows: 500, workers: 2, rows_per_second: 4000}")
+	// The new schema turns customer.active (0, 1 or 2) into a boolean:
+	// no inverse can bring the 2s back, and validate's round trip must
+	// say which rows would change on a rollback.
+	res := tandemCmd(t, "validate", "--config", writeConfig(t, yaml))
+	for _, want := range []string{"round trip public.customer -> public.customer -> back", "do not come back: active in", "customer_id=1 active: 2 -> 1"} {
+		if res.code != 1 || !strings.Contains(res.stderr, want) {
+			t.Fatalf("validate with a lossy inverse: exit %d, want 1 naming %q\nstdout: %s\nstderr: %s", res.code, want, res.stdout, res.stderr)
+		}
+	}
+	if !strings.Contains(res.stdout, "round trip public.film -> public.film -> back") || !strings.Contains(res.stdout, "come back whole") {
+		t.Fatalf("validate did not prove the exact inverses:\n%s", res.stdout)
+	}
+	// From here the migration is declared one-way.
+	cfg := writeConfig(t, strings.Replace(yaml, "tables:\n", "reverse: {enabled: false}\ntables:\n", 1))
 	if res := tandemCmd(t, "validate", "--config", cfg); res.code != 0 {
 		t.Fatalf("validate: exit %d\nstdout: %s\nstderr: %s", res.code, res.stdout, res.stderr)
 	}
@@ -248,7 +262,7 @@ func TestRealSchema(t *testing.T) {
 		t.Errorf("the ENABLE ALWAYS trigger on film never fired; it must fire for replicated rows")
 	}
 
-	res := tandemCmd(t, "verify", "--config", cfg)
+	res = tandemCmd(t, "verify", "--config", cfg)
 	if res.code != 0 {
 		t.Errorf("tandem verify: exit %d, want 0\nstdout: %s\nstderr: %s", res.code, tail(res.stdout, 40), tail(res.stderr, 10))
 	}

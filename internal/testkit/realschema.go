@@ -444,6 +444,10 @@ CREATE TABLE payment (
 	paid_at     timestamptz NOT NULL
 );
 CREATE INDEX ON payment (paid_at);
+-- The old table's key is (payment_date, payment_id), as a partitioned
+-- table's must be: for the stream back after cutover, a delete here must
+-- carry paid_at too.
+ALTER TABLE payment REPLICA IDENTITY FULL;
 CREATE TABLE marker (id bigint PRIMARY KEY, at timestamptz NOT NULL);
 ` + lastUpdateTriggers + `
 CREATE TABLE tripwire (tbl text NOT NULL, op text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
@@ -490,6 +494,9 @@ tables:
       features: special_features
       search: fulltext
     drop: [original_language_id]
+    reverse:
+      columns:
+        rating: "CASE rating WHEN 'general' THEN 'G' WHEN 'parental' THEN 'PG' WHEN 'teen' THEN 'PG-13' WHEN 'restricted' THEN 'R' WHEN 'adults' THEN 'NC-17' END"
   - source: public.film_actor
   - source: public.film_category
   - source: public.staff
@@ -502,6 +509,9 @@ tables:
       is_active: "active <> 0"
       created_on: create_date
     drop: [activebool, tenant_id]
+    reverse:
+      columns:
+        active: "CASE WHEN is_active THEN 1 ELSE 0 END"
   - source: public.inventory
   - source: public.rental
     columns:

@@ -203,7 +203,9 @@ func (e *Env) YAMLWithBackfill(slot, backfill, extra string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "source: {dsn: %q, slot: %s, publication: %s}\n", e.SourceDSN, slot, slot)
 	fmt.Fprintf(&b, "target: {dsn: %q}\n", e.TargetDSN)
-	fmt.Fprintf(&b, "backfill: %s\napply: {retry_min: 100ms, retry_max: 1s}\n", backfill)
+	// The mapping's CASE folds several codes into 'unknown': it cannot be
+	// inverted, so this migration is one-way.
+	fmt.Fprintf(&b, "backfill: %s\napply: {retry_min: 100ms, retry_max: 1s}\nreverse: {enabled: false}\n", backfill)
 	b.WriteString(extra)
 	b.WriteString(`tables:
   - source: public.orders

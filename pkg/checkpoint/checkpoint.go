@@ -62,6 +62,21 @@ CREATE TABLE IF NOT EXISTS tandem.backfill (
 	started_at  timestamptz NOT NULL DEFAULT now(),
 	updated_at  timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (name, source, target)
+);
+CREATE TABLE IF NOT EXISTS tandem.verify_pass (
+	name        text NOT NULL,
+	target      text NOT NULL,
+	compared    bigint NOT NULL,
+	differing   bigint NOT NULL,
+	lsn         pg_lsn NOT NULL,
+	finished_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (name, target)
+);
+CREATE TABLE IF NOT EXISTS tandem.activity (
+	name   text NOT NULL,
+	target text NOT NULL,
+	lsn    pg_lsn NOT NULL,
+	PRIMARY KEY (name, target)
 )`)
 	if err != nil {
 		return fmt.Errorf("create schema tandem on target: %w (the target user needs CREATE on the database)", err)
@@ -110,9 +125,11 @@ func (s *TargetStore) SaveCommitted(context.Context, change.LSN) error { return 
 // Delete removes the migration's checkpoint and backfill progress
 // (teardown); a target tandem never wrote has nothing to remove.
 func Delete(ctx context.Context, q catalog.Querier, name string) error {
-	_, err := q.Exec(ctx, `DELETE FROM tandem.checkpoint WHERE name = $1`, name)
-	if err == nil {
-		_, err = q.Exec(ctx, `DELETE FROM tandem.backfill WHERE name = $1`, name)
+	var err error
+	for _, table := range []string{"checkpoint", "backfill", "verify_pass", "activity"} {
+		if _, err = q.Exec(ctx, `DELETE FROM tandem.`+table+` WHERE name = $1`, name); err != nil {
+			break
+		}
 	}
 	if Missing(err) {
 		return nil

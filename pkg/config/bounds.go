@@ -44,6 +44,8 @@ func (c *Config) durationBounds() []durationBound {
 		{field: "backfill.max_lag", value: c.Backfill.MaxLag, min: time.Second, max: 24 * time.Hour, off: true},
 		{field: "backfill.throttle_check_interval", value: c.Backfill.ThrottleCheckInterval, min: 10 * time.Millisecond, max: time.Minute},
 		{field: "backfill.progress_interval", value: c.Backfill.ProgressInterval, min: time.Second, max: time.Hour},
+		{field: "cutover.max_lag", value: c.Cutover.MaxLag, min: 10 * time.Millisecond, max: time.Hour},
+		{field: "cutover.timeout", value: c.Cutover.Timeout, min: time.Second, max: 24 * time.Hour},
 	}
 }
 
@@ -59,6 +61,8 @@ func (c *Config) sizeBounds() []sizeBound {
 		{field: "backfill.max_active_backends", value: float64(c.Backfill.MaxActiveBackends), min: 0, max: 100_000},
 		{field: "verify.chunk_rows", value: float64(c.Verify.ChunkRows), min: 1, max: 1_000_000},
 		{field: "verify.rows_per_second", value: c.Verify.RowsPerSecond, min: 0, max: 1e9},
+		{field: "cutover.sequence_margin", value: float64(c.Cutover.SequenceMargin), min: 0, max: 1e15},
+		{field: "reverse.round_trip_sample", value: float64(max(c.Reverse.RoundTripSample, 1)), min: 1, max: 1e12},
 	}
 }
 

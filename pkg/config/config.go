@@ -26,6 +26,8 @@ type Config struct {
 	Apply      ApplyConfig      `mapstructure:"apply"`
 	Backfill   BackfillConfig   `mapstructure:"backfill"`
 	Verify     VerifyConfig     `mapstructure:"verify"`
+	Reverse    ReverseConfig    `mapstructure:"reverse"`
+	Cutover    CutoverConfig    `mapstructure:"cutover"`
 	NATS       NATSConfig       `mapstructure:"nats"`
 	Tables     []TableConfig    `mapstructure:"tables"`
 	Log        LogConfig        `mapstructure:"log"`
@@ -41,6 +43,9 @@ type SourceConfig struct {
 	// ReceiveTimeout declares the replication link dead when nothing, not
 	// even a keepalive, arrives for this long; tandem then reconnects.
 	ReceiveTimeout time.Duration `mapstructure:"receive_timeout"`
+	// SkipOrigin names the replication origin whose transactions this
+	// stream skips: the other direction's writes. Derived, not configured.
+	SkipOrigin string `mapstructure:"-"`
 }
 
 type TargetConfig struct {
@@ -96,6 +101,9 @@ type ApplyConfig struct {
 	// triggers do not fire for replicated rows; "origin" lets them fire,
 	// for a target role that may not set the parameter.
 	ReplicationRole string `mapstructure:"session_replication_role"`
+	// Origin is the replication origin the apply session tags its writes
+	// with. Derived, not configured.
+	Origin string `mapstructure:"-"`
 }
 
 // Replica reports whether target sessions run as replicas (the default).
@@ -155,6 +163,9 @@ type TableConfig struct {
 	Columns map[string]string `mapstructure:"columns"`
 	// Drop lists source columns not to copy by name.
 	Drop []string `mapstructure:"drop"`
+	// Reverse is the inverse mapping used after cutover; nil inverts
+	// renames and copies only.
+	Reverse *TableReverse `mapstructure:"reverse"`
 }
 
 // ApplyDefaults fills every zero field with its documented default.
@@ -229,6 +240,7 @@ func (c *Config) ApplyDefaults() {
 			c.Tables[i].Target = c.Tables[i].Source
 		}
 	}
+	c.applyCutoverDefaults()
 	c.applyNATSDefaults()
 }
 
@@ -274,6 +286,7 @@ func (c *Config) Validate() error {
 		add("apply.session_replication_role", "%q is not one of replica, origin", c.Apply.ReplicationRole)
 	}
 	c.validateControl(add)
+	c.validateCutover(add)
 	// Every duration and size field has a range (bounds.go).
 	c.checkBounds(add)
 	switch strings.ToLower(c.Log.Level) {
@@ -355,4 +368,14 @@ var passwordKV = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
 func RedactDSN(s string) string {
 	s = passwordInURL.ReplaceAllString(s, "${1}xxxxx@")
 	return passwordKV.ReplaceAllString(s, "${1}xxxxx")
+}
+
+// Qualified is name as schema.table (public when no schema is given), the
+// one spelling tandem's own records use for a table.
+func Qualified(name string) string {
+	s, t, err := SplitQualified(name)
+	if err != nil {
+		return name
+	}
+	return s + "." + t
 }

@@ -14,10 +14,19 @@ type ReverseConfig struct {
 	// <source.slot>_rev and <source.publication>_rev.
 	Slot        string `mapstructure:"slot"`
 	Publication string `mapstructure:"publication"`
+	// Enabled (default true) makes the inverse of every mapping part of
+	// the migration: validate proves it, and cutover requires it. false
+	// declares the migration one-way: validate skips the reverse and
+	// cutover refuses, since nothing could carry writes back.
+	Enabled *bool `mapstructure:"enabled"`
 	// RoundTripSample is how many rows per table `validate` pushes through
-	// old -> forward -> reverse to prove the inverse; 0 checks every row.
+	// old -> forward -> reverse to prove the inverse (default 100000, in
+	// key ranges spread over the table); -1 checks every row.
 	RoundTripSample int `mapstructure:"round_trip_sample"`
 }
+
+// IsEnabled reports whether the migration streams back after cutover.
+func (r ReverseConfig) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
 
 // TableReverse inverts one forward mapping: old column <- SQL expression
 // over the new table's columns. Columns the forward mapping copies or
@@ -90,6 +99,9 @@ func (c *Config) applyCutoverDefaults() {
 	if c.Reverse.Publication == "" {
 		c.Reverse.Publication = trimIdent(c.Source.Publication + "_rev")
 	}
+	if c.Reverse.RoundTripSample == 0 {
+		c.Reverse.RoundTripSample = 100000
+	}
 	if c.Cutover.MaxLag == 0 {
 		c.Cutover.MaxLag = 5 * time.Second
 	}
@@ -130,8 +142,8 @@ func (c *Config) validateCutover(add func(field, format string, args ...any)) {
 	if c.Reverse.Slot == c.Source.Slot && c.Source.DSN == c.Target.DSN {
 		add("reverse.slot", "must differ from source.slot when both databases are the same server and database")
 	}
-	if c.Reverse.RoundTripSample < 0 {
-		add("reverse.round_trip_sample", "must be 0 (every row) or a positive number of rows")
+	if c.Reverse.RoundTripSample < -1 {
+		add("reverse.round_trip_sample", "must be a positive number of rows, or -1 for every row")
 	}
 	switch c.Cutover.Fence {
 	case FenceReadOnly, FenceNone:

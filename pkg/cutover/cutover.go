@@ -98,6 +98,9 @@ func (c *ceremony) forwardGates(ctx context.Context) {
 		return c.divergence(ctx)
 	})
 	c.gate("reverse stream ready", func() (string, error) {
+		if !cfg.Reverse.IsEnabled() {
+			return "", fmt.Errorf("reverse.enabled is false, so nothing could carry writes back after cutover: write the inverse of each mapping (tables[].reverse), check it with tandem validate, and enable it")
+		}
 		_, notes, err := pipeline.CheckReverse(ctx, cfg, c.old, c.new)
 		if err != nil {
 			return "", err

@@ -144,6 +144,10 @@ func apply(c *pgconn.Config, s Spec) {
 	// is, whatever PGAPPNAME or the DSN say: teardown and operators look
 	// for it in pg_stat_activity.
 	c.RuntimeParams["application_name"] = AppName(s.Migration, s.Role)
+	// A cutover fence (default_transaction_read_only for the database)
+	// stops the applications, not tandem: the reverse stream writes the
+	// fenced old database, markers and watermarks are written through it.
+	c.RuntimeParams["default_transaction_read_only"] = "off"
 	for k, v := range s.Settings {
 		if _, set := c.RuntimeParams[k]; !set {
 			c.RuntimeParams[k] = v

@@ -63,6 +63,7 @@ type applier struct {
 	pending   change.LSN // end of the last source commit in the open target tx
 	inSrcTx   bool
 	skip      bool
+	skipWhy   string // the skipped metric's reason while skip is set
 	txChanges int
 	txStart   time.Time
 	lastIdle  time.Time
@@ -70,6 +71,10 @@ type applier struct {
 	stmts     []transform.Stmt
 	counters  map[string]prometheus.Counter
 	broken    bool
+	// touched lists the target tables the open transaction changed; the
+	// commit records them (checkpoint.ActivityStatement).
+	touched    []string
+	touchedSet map[string]bool
 
 	// groups hold the net changes of Groupable tables until a barrier
 	// (commit, TRUNCATE, a backfill chunk, a size limit).
@@ -102,6 +107,7 @@ func newApplier(d applierDeps, tables []*Table, src, tgt *pgx.Conn, store checkp
 		leafSeen:   map[uint32]bool{},
 		durable:    pos,
 		counters:   map[string]prometheus.Counter{},
+		touchedSet: map[string]bool{},
 	}
 	a.sink.SetTimeout(d.cfg.Apply.StatementTimeout)
 	a.groups = map[*transform.Mapping]*sink.Group{}
@@ -215,6 +221,14 @@ func (a *applier) commit(ctx context.Context) error {
 	if err := a.settle(ctx); err != nil {
 		return err
 	}
+	if len(a.touched) > 0 {
+		if a.cfg.Checkpoint.Store == "target" {
+			sql, params := checkpoint.ActivityStatement(a.cfg.Name, a.touched, lsn)
+			a.sink.Exec(sql, params, sink.Cause{What: "table activity " + lsn.String()})
+		}
+		a.touched = a.touched[:0]
+		clear(a.touchedSet)
+	}
 	// The stream holds everything before the checkpoint does.
 	if err := a.pub.durable(ctx); err != nil {
 		return err
@@ -239,7 +253,7 @@ func (a *applier) handle(ctx context.Context, ev change.Event) error {
 	case *change.Begin:
 		a.inSrcTx = true
 		// Everything that committed before the checkpoint is on the target.
-		a.skip = e.FinalLSN < a.durable
+		a.skip, a.skipWhy = e.FinalLSN < a.durable, skipAlreadyApplied
 		if !a.skip && a.pending == 0 {
 			a.txStart = time.Now()
 		}
@@ -256,7 +270,7 @@ func (a *applier) handle(ctx context.Context, ev change.Event) error {
 	case *change.Change:
 		if a.skip {
 			if e.Rel != nil {
-				a.skipped(e.Rel.QualifiedName(), skipAlreadyApplied)
+				a.skipped(e.Rel.QualifiedName(), a.skipWhy)
 			}
 			return nil
 		}
@@ -269,8 +283,11 @@ func (a *applier) handle(ctx context.Context, ev change.Event) error {
 		}
 		return a.onMessage(ctx, e)
 	case *change.Origin:
-		// Origins matter only for loop prevention, which tandem does not need
-		// while the old database is the only writer.
+		// pgoutput sends it after Begin, before the changes, for a
+		// transaction committed by a session with a replication origin.
+		if e.Name != "" && e.Name == a.cfg.Source.SkipOrigin && !a.skip {
+			a.skip, a.skipWhy = true, skipEcho
+		}
 	}
 	return nil
 }
@@ -343,6 +360,7 @@ func (a *applier) onChangeMapped(ctx context.Context, c *change.Change, count bo
 			"partition", c.Rel.Leaf, "table", c.Rel.QualifiedName())
 	}
 	for _, m := range maps {
+		a.touch(m.TargetName)
 		if g := a.groups[m]; g != nil {
 			before := g.Bytes()
 			if g.Add(c) {
@@ -397,6 +415,7 @@ func (a *applier) onTruncate(ctx context.Context, c *change.Change) error {
 		}
 		for _, m := range maps {
 			targets = append(targets, m.Target.QualifiedName())
+			a.touch(m.TargetName)
 		}
 	}
 	if len(targets) == 0 {
@@ -418,4 +437,13 @@ func classifyApply(err error) error {
 		return err
 	}
 	return &FatalError{Err: err}
+}
+
+// touch runs for every change: keyed by the mapping's own spelling, it
+// costs one map lookup.
+func (a *applier) touch(name string) {
+	if !a.touchedSet[name] {
+		a.touchedSet[name] = true
+		a.touched = append(a.touched, config.Qualified(name))
+	}
 }

@@ -80,6 +80,11 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) *Pipel
 	return p
 }
 
+// Use replaces the config before the next Run: the reverse stream's is
+// derived from both catalogs when cutover makes it needed, long after its
+// metrics were registered.
+func (p *Pipeline) Use(cfg *config.Config) { p.cfg = cfg }
+
 // BackfillMetrics exposes the backfill metrics (for tests and embedding).
 func (p *Pipeline) BackfillMetrics() *backfill.Metrics { return p.bf }
 
@@ -94,6 +99,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.Health.Live.SetStale(3*p.cfg.Apply.StatementTimeout + p.cfg.Source.ReceiveTimeout)
 	p.beat = p.Health.Live.Join("pipeline")
 	defer func() { p.beat.Leave() }()
+	// A slot found missing in a later Run is a new cutover's, not a loss.
+	p.streamed = false
 
 	p.lagMu.Lock()
 	p.contact = time.Now() // lag counts from here if the old database is never reached
@@ -212,6 +219,9 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	// Before the checkpoint is read: a session that outlived its client
 	// must not commit after that.
 	if err := fenceApply(ctx, tgt, cfg.Name, p.log); err != nil {
+		return err
+	}
+	if err := setupOrigin(ctx, tgt, cfg.Apply.Origin); err != nil {
 		return err
 	}
 	p.beat.Beat()

@@ -62,6 +62,9 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 // ordinary triggers off, as for PostgreSQL's own apply worker), or no
 // foreign key links the mapped tables.
 func targetChecks(ctx context.Context, cfg *config.Config, tgt *pgx.Conn, tables []*Table) error {
+	if err := checkOrigin(ctx, tgt); err != nil {
+		return err
+	}
 	fks, err := foreignKeys(ctx, tgt, tables)
 	if err != nil {
 		return err

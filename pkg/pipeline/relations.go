@@ -26,6 +26,10 @@ const (
 	// skipAlreadyApplied: a transaction at or before the checkpoint, sent
 	// again because the slot is confirmed only after the target commit.
 	skipAlreadyApplied = "already_applied"
+	// skipEcho: a transaction the other direction wrote (it carries that
+	// direction's replication origin); applying it would send a change
+	// back where it came from, possibly over a newer one.
+	skipEcho = "echo"
 )
 
 func (a *applier) skipped(table, reason string) {

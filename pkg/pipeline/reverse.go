@@ -22,6 +22,9 @@ type Reverse struct {
 	// it undoes (same index), for the round-trip proof.
 	Forward []*transform.Mapping
 	Inverse []config.TableConfig
+	// Backward are the inverse mappings compiled against both databases
+	// (CheckReverse fills them), same index as Forward.
+	Backward []*transform.Mapping
 	// Notes say which old columns nothing carries back.
 	Notes []string
 }
@@ -126,6 +129,10 @@ func CheckReverse(ctx context.Context, cfg *config.Config, old, new *pgx.Conn) (
 	tables, err := Plan(ctx, rc, new, old)
 	if err != nil {
 		errs = append(errs, err)
+	} else {
+		for _, t := range tables {
+			rev.Backward = append(rev.Backward, t.Mapping)
+		}
 	}
 	if err := targetChecks(ctx, rc, old, tables); err != nil {
 		errs = append(errs, err)

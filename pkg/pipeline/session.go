@@ -72,3 +72,51 @@ func checkReplicaRole(ctx context.Context, conn *pgx.Conn) error {
 	}
 	return nil
 }
+
+// setupOrigin tags everything the apply session commits with origin, so
+// the stream running the other way (after cutover, or both around the
+// switch) recognises tandem's own writes by the Origin message pgoutput
+// sends for them and skips them instead of echoing them back.
+//
+// PostgreSQL 15 lets one session at a time use an origin: the apply lock
+// (fenceApply) has already ended an earlier session of this migration.
+func setupOrigin(ctx context.Context, conn *pgx.Conn, origin string) error {
+	if origin == "" {
+		return nil
+	}
+	_, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT FROM pg_replication_origin WHERE roname = $1)`, origin)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		err = nil // created meanwhile by another session
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, origin)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case isPermissionDenied(err):
+		return &FatalError{Err: originError(err)}
+	case errors.As(err, &pgErr) && pgErr.Code == "55006":
+		return &retryError{fmt.Errorf("target: replication origin %s is in use by another session (a stale apply session of this migration?): %w", origin, err)}
+	}
+	return fmt.Errorf("target: set up replication origin %s: %w", origin, err)
+}
+
+func originError(err error) error {
+	return fmt.Errorf("target: the role writing the database may not use replication origins (%v), which tandem uses to tag its writes so the stream running the other way after cutover does not send them back: use a superuser, or run GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text) TO <user> as a superuser", err)
+}
+
+// checkOrigin tells validate what setupOrigin will find, changing nothing.
+func checkOrigin(ctx context.Context, conn *pgx.Conn) error {
+	var ok bool
+	err := conn.QueryRow(ctx, `SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')
+		AND has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')`).Scan(&ok)
+	if err != nil {
+		return fmt.Errorf("target: check replication origin privileges: %w", err)
+	}
+	if !ok {
+		return originError(errors.New("permission denied for pg_replication_origin_session_setup"))
+	}
+	return nil
+}

@@ -10,12 +10,16 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tandem-migrate/tandem/pkg/catalog"
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
 	"github.com/tandem-migrate/tandem/pkg/dial"
+	"github.com/tandem-migrate/tandem/pkg/lifecycle"
+	"github.com/tandem-migrate/tandem/pkg/pipeline"
 )
 
 // Report is the status of one migration.
@@ -38,6 +42,25 @@ type Report struct {
 	// its metrics endpoint does not answer.
 	LagSeconds *float64     `json:"lag_seconds,omitempty"`
 	Tables     []TableState `json:"tables"`
+	Phase      PhaseState   `json:"phase"`
+}
+
+// PhaseState is where the migration stands in its lifecycle.
+type PhaseState struct {
+	Phase     string     `json:"phase"`
+	Attempt   int        `json:"attempt"`
+	Since     *time.Time `json:"since,omitempty"`
+	FencedOld bool       `json:"fenced_old"`
+	FencedNew bool       `json:"fenced_new"`
+	// UnavailableSeconds is the last ceremony's fence-to-ready time.
+	UnavailableSeconds float64          `json:"write_unavailable_seconds,omitempty"`
+	Steps              []lifecycle.Step `json:"steps,omitempty"`
+	// Reverse describes the new -> old stream after cutover.
+	ReverseSlot          string `json:"reverse_slot"`
+	ReverseSlotExists    bool   `json:"reverse_slot_exists"`
+	ReverseSlotActive    bool   `json:"reverse_slot_active"`
+	ReverseCheckpointLSN string `json:"reverse_checkpoint_lsn,omitempty"`
+	ReverseLagBytes      int64  `json:"reverse_lag_bytes"`
 }
 
 // TableState is one mapping's backfill progress.
@@ -128,7 +151,41 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 	if secs, ok := daemonLagSeconds(ctx, cfg.Metrics.Listen); ok {
 		r.LagSeconds = &secs
 	}
+	if err := r.gatherPhase(ctx, cfg, src, tgt); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+func (r *Report) gatherPhase(ctx context.Context, cfg *config.Config, old, new *pgx.Conn) error {
+	st, err := lifecycle.Load(ctx, new, cfg.Name)
+	if err != nil {
+		return err
+	}
+	r.Phase = PhaseState{Phase: string(st.Phase), Attempt: st.Attempt, FencedOld: st.FencedOld, FencedNew: st.FencedNew,
+		UnavailableSeconds: st.Unavailable.Seconds(), Steps: st.Steps, ReverseSlot: cfg.Reverse.Slot}
+	if !st.Changed.IsZero() {
+		r.Phase.Since = &st.Changed
+	}
+	si, err := decoder.LookupSlot(ctx, new, cfg.Reverse.Slot)
+	if err != nil {
+		return err
+	}
+	r.Phase.ReverseSlotExists, r.Phase.ReverseSlotActive = si.Exists, si.Active
+	if !si.Exists {
+		return nil
+	}
+	lsn, ok, err := checkpoint.ForConfig(pipeline.ReverseBase(cfg), old).Load(ctx)
+	if err != nil && !checkpoint.Missing(err) {
+		return err
+	}
+	if ok {
+		r.Phase.ReverseCheckpointLSN = lsn.String()
+		if si.CurrentLSN > lsn {
+			r.Phase.ReverseLagBytes = int64(si.CurrentLSN - lsn)
+		}
+	}
+	return nil
 }
 
 // Text writes the report for people.
@@ -144,7 +201,7 @@ func (r *Report) Text(w io.Writer) {
 	if r.SlotLost != "" {
 		slot = "LOST: " + r.SlotLost
 	}
-	fmt.Fprintf(w, "migration %s\n  slot %s: %s\n", r.Migration, r.Slot, slot)
+	fmt.Fprintf(w, "migration %s\n  phase %s%s\n  slot %s: %s\n", r.Migration, r.Phase.Phase, r.Phase.detail(), r.Slot, slot)
 	if r.CheckpointLSN != "" {
 		lag := ""
 		if r.LagSeconds != nil {
@@ -153,6 +210,13 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(w, "  checkpoint %s, %s behind the source%s\n", r.CheckpointLSN, bytesText(r.LagBytes), lag)
 	} else {
 		fmt.Fprintf(w, "  no checkpoint yet\n")
+	}
+	if r.Phase.ReverseSlotExists {
+		fmt.Fprintf(w, "  reverse slot %s (new -> old): active %v, reverse checkpoint %s, %s behind the new database\n",
+			r.Phase.ReverseSlot, r.Phase.ReverseSlotActive, r.Phase.ReverseCheckpointLSN, bytesText(r.Phase.ReverseLagBytes))
+	}
+	for _, st := range r.Phase.Steps {
+		fmt.Fprintf(w, "    %s  %-34s %10s  %s\n", st.At.Format("15:04:05.000"), st.Name, st.Took.Round(100*time.Microsecond), st.Outcome)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nTABLE\tCOPIED\tESTIMATED\tPROGRESS\tRATE\tETA")
@@ -174,6 +238,29 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(tw, "%s -> %s\t%d\t%d\t%s\t%s\t%s\n", t.Source, t.Target, t.RowsCopied, t.EstimatedRows, state, rate, eta)
 	}
 	tw.Flush()
+}
+
+func (p PhaseState) detail() string {
+	var parts []string
+	if p.Since != nil {
+		parts = append(parts, "since "+p.Since.Format(time.RFC3339))
+	}
+	if p.Attempt > 0 {
+		parts = append(parts, fmt.Sprintf("cutover attempt %d", p.Attempt))
+	}
+	if p.FencedOld {
+		parts = append(parts, "old database fenced (read-only)")
+	}
+	if p.FencedNew {
+		parts = append(parts, "new database fenced (read-only)")
+	}
+	if p.UnavailableSeconds > 0 {
+		parts = append(parts, fmt.Sprintf("last switch: writes unavailable %s", time.Duration(p.UnavailableSeconds*float64(time.Second)).Round(time.Millisecond)))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 // walBudget says how much WAL may still be written before the slot is
