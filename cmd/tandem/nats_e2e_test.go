@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"strconv"
@@ -137,6 +138,113 @@ func TestNATSExactlyOnce(t *testing.T) {
 	}
 	r = tandemCmd(t, "teardown", "--config", cfg)
 	if r.code != 0 || !strings.Contains(r.stdout, "left JetStream stream TANDEM_FANOUT") {
+		t.Errorf("teardown: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestNATSStreamOnly is a migration whose only target is the stream: no
+// new database, the old shape, the stream as the checkpoint. Through
+// kill -9s, every ledger row is published once and the image a consumer
+// builds equals the old database's tables.
+func TestNATSStreamOnly(t *testing.T) {
+	kills := 4
+	if testing.Short() {
+		kills = 2
+	}
+	ctx := context.Background()
+	env := testkit.Setup(t)
+	srv := natstest.Start(t)
+	src := testkit.Connect(t, env.SourceDSN)
+	cfg := writeConfig(t, fmt.Sprintf(`source: {dsn: %q, slot: solo, publication: solo}
+backfill: {enabled: false}
+apply: {retry_min: 100ms, retry_max: 1s}
+nats: {url: %q, create_stream: true, ack_timeout: 2s}
+tables:
+  - source: public.orders
+  - source: public.events
+  - source: public.marker
+`, env.SourceDSN, srv.URL()))
+	if r := tandemCmd(t, "validate", "--config", cfg); r.code != 0 {
+		t.Fatalf("validate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	d := startDaemon(t, cfg)
+	waitStreaming(t, src, "solo")
+	wr := startWriter(t, env.SourceDSN, 43, 2000)
+	for i := 1; i <= kills; i++ {
+		time.Sleep(700 * time.Millisecond)
+		if err := d.alive(); err != nil {
+			t.Fatalf("before kill %d: %v", i, err)
+		}
+		d.kill()
+		d = startDaemon(t, cfg)
+	}
+	time.Sleep(time.Second)
+	if err := wr.finish(); err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	if err := testkit.Mark(ctx, src, 1); err != nil {
+		t.Fatal(err)
+	}
+	nc, st := srv.Stream(ctx, "TANDEM_SOLO")
+	defer nc.Close()
+	var msgs []natstest.Msg
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if err := d.alive(); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if msgs, err = natstest.ReadAll(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(msgs); n > 0 && msgs[n-1].M.Table == "marker" && string(msgs[n-1].M.Key["id"]) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sentinel was not published within 2 minutes (%d messages)", len(msgs))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := natstest.CheckHistory(msgs); err != nil {
+		t.Fatal(err)
+	}
+	ledger := map[string]int{}
+	for _, m := range msgs {
+		if m.M.Table == "marker" && m.M.Op == "insert" {
+			ledger[string(m.M.Key["id"])]++
+		}
+	}
+	for i := int64(0); i < wr.ledger.Load(); i++ {
+		if n := ledger[strconv.FormatInt(ledgerBase+i, 10)]; n != 1 {
+			t.Fatalf("ledger row %d was published %d times, want once", ledgerBase+i, n)
+		}
+	}
+	img := natstest.Apply(msgs)
+	plain, err := pgx.Connect(ctx, env.SourceDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close(ctx)
+	for _, table := range []string{"public.orders", "public.events", "public.marker"} {
+		want, err := natstest.TableImage(ctx, plain, table, []string{"id"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// events is REPLICA IDENTITY FULL: its messages are keyed by the
+		// whole row, the table here by id.
+		got := map[string]map[string]json.RawMessage{}
+		for _, row := range img[table] {
+			got[natstest.KeyOf(map[string]json.RawMessage{"id": row["id"]})] = row
+		}
+		if err := natstest.CompareImage(got, want); err != nil {
+			t.Errorf("%s as a consumer of the stream sees it differs from the old database: %v", table, err)
+		}
+	}
+	t.Logf("%d messages, %d ledger rows, %d kills", len(msgs), wr.ledger.Load(), kills)
+	if code, _ := d.terminate(30 * time.Second); code != 0 {
+		t.Errorf("tandem run exited %d after SIGTERM, want 0", code)
+	}
+	r := tandemCmd(t, "teardown", "--config", cfg, "--delete-stream")
+	if r.code != 0 || !strings.Contains(r.stdout, "deleted JetStream stream TANDEM_SOLO") {
 		t.Errorf("teardown: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

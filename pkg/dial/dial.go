@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,6 +126,12 @@ func AppName(migration, role string) string {
 // Config parses dsn and applies s. Callers may add runtime parameters of
 // their own before connecting.
 func Config(dsn string, s Spec) (*pgx.ConnConfig, error) {
+	if strings.TrimSpace(dsn) == "" {
+		// libpq would read an empty DSN as "the local default server",
+		// which is never the database a migration means (a migration
+		// whose only target is the stream has no target.dsn).
+		return nil, fmt.Errorf("no DSN configured for the %s connection", s.Role)
+	}
 	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// The parse error may quote the DSN, password included.
