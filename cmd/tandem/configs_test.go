@@ -51,7 +51,8 @@ func TestExampleDocumentsEveryField(t *testing.T) {
 		for i := 0; i < typ.NumField(); i++ {
 			f := typ.Field(i)
 			key := f.Tag.Get("mapstructure")
-			if key == "" || notInExample[prefix+key] {
+			// "-" marks fields derived from others, never configured.
+			if key == "" || key == "-" || notInExample[prefix+key] {
 				continue
 			}
 			child, ok := node[key]

@@ -10,8 +10,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
+	"github.com/tandem-migrate/tandem/pkg/dial"
 )
 
 // defaultShadowRate caps the shadow when the config sets no rate: it runs
@@ -143,6 +145,12 @@ func (s *Shadow) session(ctx context.Context, progressed func()) error {
 	if err != nil {
 		return err
 	}
+	// Where the stream stood when each table's pass began: the cutover's
+	// "changed" check re-verifies a table written after it.
+	since := make([]change.LSN, len(verifiers))
+	for i := range since {
+		since[i] = position(ctx, e)
+	}
 	for {
 		for i, v := range verifiers {
 			n, err := v.step(ctx)
@@ -153,11 +161,12 @@ func (s *Shadow) session(ctx context.Context, progressed func()) error {
 			if !v.done {
 				continue
 			}
-			if err := s.endPass(ctx, v); err != nil {
+			if err := s.endPass(ctx, v, since[i]); err != nil {
 				return err
 			}
 			progressed()
 			verifiers[i] = newTableVerifier(e, v.p)
+			since[i] = position(ctx, e)
 		}
 	}
 }
@@ -182,12 +191,36 @@ func (s *Shadow) verifiers(ctx context.Context, e *env) ([]*tableVerifier, error
 	return out, nil
 }
 
+// position is the stream's checkpoint; 0 (everything may postdate the
+// pass) when it cannot be read.
+func position(ctx context.Context, e *env) change.LSN {
+	lsn, _, err := e.store.Load(ctx)
+	if err != nil {
+		return 0
+	}
+	return lsn
+}
+
+// record keeps the pass where the cutover gates read it, on a session of
+// its own: the verification sessions are read-only.
+func (s *Shadow) record(ctx context.Context, tr *TableReport, since change.LSN) {
+	conn, err := dial.Open(ctx, s.cfg.Target.DSN, dial.Short(s.cfg.Name, "verify"))
+	if err == nil {
+		defer conn.Close(context.WithoutCancel(ctx))
+		err = Record(ctx, conn, &Report{Name: s.cfg.Name, Tables: []TableReport{*tr}}, since)
+	}
+	if err != nil {
+		s.log.Warn("could not record the shadow pass for the cutover gates", "table", tr.Target, "err", err)
+	}
+}
+
 // endPass settles a table's pass and publishes it.
-func (s *Shadow) endPass(ctx context.Context, v *tableVerifier) error {
+func (s *Shadow) endPass(ctx context.Context, v *tableVerifier, since change.LSN) error {
 	tr, err := v.finish(ctx)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", v.p.label, err)
 	}
+	s.record(ctx, tr, since)
 	table := v.p.target
 	s.checked.WithLabelValues(table).Add(float64(tr.Extra))
 	for kind, n := range map[Kind]int64{Different: tr.Different, Missing: tr.Missing, Extra: tr.Extra} {
