@@ -3,7 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand"
+	"net/http"
+	"regexp"
+	"strconv"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -31,8 +36,10 @@ func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	const customers, orders = 300, 4000
 	env := testkit.SetupLife(t, customers, orders)
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
 	cfg := writeConfig(t, env.YAML("life", `backfill: {enabled: true, chunk_rows: 400, rows_per_second: 3000}
 cutover: {max_lag: 10s, verify: changed, timeout: 1m}
+metrics: {listen: `+metricsAddr+`}
 `))
 	// The fences end every application session, the test's own included:
 	// each check opens fresh ones.
@@ -135,6 +142,30 @@ cutover: {max_lag: 10s, verify: changed, timeout: 1m}
 	if w.Steps[testkit.NewSide].Load() == 0 {
 		t.Fatal("no write reached the new database after cutover")
 	}
+	// The daemon shows the phase, the last switch's window, the reverse
+	// lag, and the reverse stream's writes on the old database skipped as
+	// echoes by the forward stream.
+	m := seriesOf(t, metricsAddr)
+	for _, want := range []string{`tandem_phase{phase="cutover"}`, `tandem_streaming{direction="reverse"}`, `tandem_streaming{direction="forward"}`} {
+		if m[want] != 1 {
+			t.Errorf("after cutover %s = %v, want 1", want, m[want])
+		}
+	}
+	if m["tandem_cutover_write_unavailable_seconds"] <= 0 {
+		t.Errorf("tandem_cutover_write_unavailable_seconds = %v after a cutover", m["tandem_cutover_write_unavailable_seconds"])
+	}
+	if _, ok := m[`tandem_replication_lag_seconds{direction="reverse"}`]; !ok {
+		t.Errorf("no reverse lag series")
+	}
+	echoes := 0.0
+	for k, v := range m {
+		if strings.HasPrefix(k, "tandem_changes_skipped_total{") && strings.Contains(k, `direction="forward"`) && strings.Contains(k, `reason="echo"`) {
+			echoes += v
+		}
+	}
+	if echoes == 0 {
+		t.Errorf("the forward stream skipped no echo of the reverse stream's writes")
+	}
 
 	// Stage 4: rollback while the applications write on the new database.
 	back := ceremonyUntilDone(t, r, "rollback", cfg, &kills, func() {
@@ -173,9 +204,61 @@ cutover: {max_lag: 10s, verify: changed, timeout: 1m}
 	}
 	t.Logf("%d kill -9; events inserted on old %d, on new %d, each applied once on the other side; writes refused by fences: old %d, new %d",
 		kills, fromOld, fromNew, w.Refused[testkit.OldSide].Load(), w.Refused[testkit.NewSide].Load())
-	if st := tandemCmd(t, "status", "--config", cfg); !strings.Contains(st.stdout, "phase forward") {
+	if st := tandemCmd(t, "status", "--config", cfg); !strings.Contains(st.stdout, "phase forward") || !strings.Contains(st.stdout, "new database fenced") {
 		t.Errorf("status after rollback:\n%s", st.stdout)
 	}
+	if m := seriesOf(t, metricsAddr); m[`tandem_phase{phase="forward"}`] != 1 || m[`tandem_streaming{direction="reverse"}`] != 0 {
+		t.Errorf("after rollback: phase forward %v, reverse streaming %v", m[`tandem_phase{phase="forward"}`], m[`tandem_streaming{direction="reverse"}`])
+	}
+
+	// Teardown leaves nothing behind: no slot on either side, no fence.
+	d.kill()
+	res := tandemCmd(t, "teardown", "--config", cfg)
+	if res.code != 0 {
+		t.Fatalf("teardown: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if !strings.Contains(res.stdout, "lifted the fence on the new database") {
+		t.Errorf("teardown did not lift the new database's fence:\n%s", res.stdout)
+	}
+	for _, dsn := range []string{env.OldDSN, env.NewDSN} {
+		c := testkit.Connect(t, dsn)
+		if n := queryInt(t, c, `SELECT count(*) FROM pg_replication_slots`); n != 0 {
+			t.Errorf("%d slot(s) left after teardown", n)
+		}
+		if n := queryInt(t, c, `SELECT count(*) FROM pg_db_role_setting WHERE 'default_transaction_read_only=on' = ANY(setconfig)`); n != 0 {
+			t.Errorf("a fence is left after teardown")
+		}
+	}
+}
+
+// seriesOf reads the metrics endpoint: each series (name and labels,
+// without the migration label) with its value.
+func seriesOf(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop := regexp.MustCompile(`,?migration="[^"]*",?`)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		name := strings.Replace(drop.ReplaceAllString(line[:i], ""), "{}", "", 1)
+		out[name] = v
+	}
+	return out
 }
 
 // ceremonyUntilDone runs `tandem verb`, killing the first two runs with
