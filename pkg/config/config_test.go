@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func valid() Config {
@@ -36,6 +37,18 @@ func TestValidate(t *testing.T) {
 		{"replication role", func(c *Config) { c.Apply.ReplicationRole = "always" }, "apply.session_replication_role"},
 		// A nats: section without a server must not pass as publishing.
 		{"nats section without url", func(c *Config) { c.NATS.Stream = "S" }, "nats.url"},
+		{"fence", func(c *Config) { c.Cutover.Fence = "lock" }, "cutover.fence"},
+		{"final check", func(c *Config) { c.Cutover.Verify = "some" }, "cutover.verify"},
+		{"divergence share", func(c *Config) { c.Cutover.MaxDivergence = 5 }, "cutover.max_divergence"},
+		{"cutover lag", func(c *Config) { c.Cutover.MaxLag = 2 * time.Hour }, "cutover.max_lag"},
+		{"reverse slot", func(c *Config) { c.Reverse.Slot = "Rev-Slot" }, "reverse.slot"},
+		{"round trip rows", func(c *Config) { c.Reverse.RoundTripSample = -5 }, "reverse.round_trip_sample"},
+		{"sequence pair", func(c *Config) { c.Cutover.Sequences = []SequencePair{{Old: "public.s"}} }, "cutover.sequences[0].new"},
+		{"empty inverse", func(c *Config) { c.Tables[0].Reverse = &TableReverse{Columns: map[string]string{"x": ""}} }, "tables[0].reverse.columns.x"},
+		// A split old table may be carried back by one of its new tables only.
+		{"split carried back twice", func(c *Config) {
+			c.Tables = append(c.Tables, TableConfig{Source: c.Tables[0].Source, Target: "public.other"})
+		}, "tables[0].reverse"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
