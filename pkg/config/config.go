@@ -104,6 +104,10 @@ type ApplyConfig struct {
 	// Origin is the replication origin the apply session tags its writes
 	// with. Derived, not configured.
 	Origin string `mapstructure:"-"`
+	// OriginRequired makes a role that may not use origins an error rather
+	// than a warning: the reverse stream's writes must be recognisable, or
+	// the forward stream would send them back. Derived, not configured.
+	OriginRequired bool `mapstructure:"-"`
 }
 
 // Replica reports whether target sessions run as replicas (the default).

@@ -221,7 +221,7 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	if err := fenceApply(ctx, tgt, cfg.Name, p.log); err != nil {
 		return err
 	}
-	if err := setupOrigin(ctx, tgt, cfg.Apply.Origin); err != nil {
+	if err := setupOrigin(ctx, tgt, cfg.Apply, p.log); err != nil {
 		return err
 	}
 	p.beat.Beat()

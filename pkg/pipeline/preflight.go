@@ -50,6 +50,9 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if err := targetChecks(ctx, cfg, tgt, tables); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkOrigin(ctx, tgt); err != nil && !cfg.Apply.OriginRequired {
+		slotNotes = append(slotNotes, fmt.Sprintf("%v. Without it tandem's forward writes are untagged; the reverse stream after cutover then relies on the old database being fenced", err))
+	}
 	natsNotes, err := checkNATS(ctx, cfg)
 	if err != nil {
 		errs = append(errs, err)
@@ -62,8 +65,10 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]string, error) {
 // ordinary triggers off, as for PostgreSQL's own apply worker), or no
 // foreign key links the mapped tables.
 func targetChecks(ctx context.Context, cfg *config.Config, tgt *pgx.Conn, tables []*Table) error {
-	if err := checkOrigin(ctx, tgt); err != nil {
-		return err
+	if cfg.Apply.OriginRequired {
+		if err := checkOrigin(ctx, tgt); err != nil {
+			return err
+		}
 	}
 	fks, err := foreignKeys(ctx, tgt, tables)
 	if err != nil {

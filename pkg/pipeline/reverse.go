@@ -41,6 +41,7 @@ func ReverseBase(cfg *config.Config) *config.Config {
 	}
 	rc.Target = config.TargetConfig{DSN: cfg.Source.DSN}
 	rc.Apply.Origin = config.ReverseOrigin(cfg.Name)
+	rc.Apply.OriginRequired = true
 	// The two databases agree when the reverse slot is created (cutover
 	// waited for it), so there is nothing to copy.
 	off := false

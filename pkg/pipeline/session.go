@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -80,7 +81,8 @@ func checkReplicaRole(ctx context.Context, conn *pgx.Conn) error {
 //
 // PostgreSQL 15 lets one session at a time use an origin: the apply lock
 // (fenceApply) has already ended an earlier session of this migration.
-func setupOrigin(ctx context.Context, conn *pgx.Conn, origin string) error {
+func setupOrigin(ctx context.Context, conn *pgx.Conn, apply config.ApplyConfig, log *slog.Logger) error {
+	origin := apply.Origin
 	if origin == "" {
 		return nil
 	}
@@ -94,6 +96,12 @@ func setupOrigin(ctx context.Context, conn *pgx.Conn, origin string) error {
 	}
 	switch {
 	case err == nil:
+		return nil
+	case isPermissionDenied(err) && !apply.OriginRequired:
+		// Only the reverse stream's tags are indispensable: with the old
+		// database fenced, the forward stream has nothing to write while
+		// the reverse one runs.
+		log.Warn("writing without a replication origin", "reason", originError(err))
 		return nil
 	case isPermissionDenied(err):
 		return &FatalError{Err: originError(err)}
