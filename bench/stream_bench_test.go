@@ -276,16 +276,9 @@ func (e *streamEnv) drainTandem(b *testing.B) (_ *drainResult, err error) {
 			err = terr
 		}
 	}()
-	// The slot has to exist before the backlog is written, or the backlog
-	// would not be in it; tandem creates it on start-up.
-	t = startInproc(cfg)
-	if err := e.waitSlot(ctx, cfg.Source.Slot, t.alive, time.Minute); err != nil {
+	if err := e.primeSlot(ctx, cfg); err != nil {
 		return nil, err
 	}
-	if err := t.stop(); err != nil {
-		return nil, fmt.Errorf("stop tandem after creating its slot: %w", err)
-	}
-	t = nil
 
 	bl, err := e.backlog(ctx, b, "tandem")
 	if err != nil {
@@ -397,7 +390,7 @@ func (e *streamEnv) lagTandem(b *testing.B) (_ *lagResult, err error) {
 	}
 	b.ResetTimer()
 	before := sampleCPU(e.old, e.new)
-	stats, load, err := e.measureLag(ctx, 1, t.alive)
+	stats, load, err := e.measureLag(ctx, 1+e.probeOffset, t.alive)
 	if err != nil {
 		return nil, err
 	}

@@ -77,6 +77,12 @@ type streamEnv struct {
 	oldDB, newDB *pgx.Conn // the benchmark's own sessions, one per side
 	pgbench      string
 	sizes        streamSizes
+	// natsURL, when set, makes tandem publish to NATS JetStream too
+	// (BenchmarkNATS).
+	natsURL string
+	// probeOffset numbers a tandem lag run's probes after an earlier
+	// run's in the same table.
+	probeOffset int64
 
 	buildOnce sync.Once
 	binary    string // tandem built for the memory phase
@@ -366,6 +372,9 @@ func (e *streamEnv) tandemConfig(slot string, tables ...string) (*config.Config,
 	}
 	off := false
 	cfg.Backfill.Enabled = &off
+	if e.natsURL != "" {
+		cfg.NATS = config.NATSConfig{URL: e.natsURL, CreateStream: true}
+	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tandem config: %w", err)

@@ -248,7 +248,9 @@ func (a *applier) commit(ctx context.Context) error {
 }
 
 func (a *applier) handle(ctx context.Context, ev change.Event) error {
-	a.pub.observe(ev)
+	if err := a.pub.observe(ctx, ev); err != nil {
+		return err
+	}
 	switch e := ev.(type) {
 	case *change.Begin:
 		a.inSrcTx = true

@@ -42,6 +42,12 @@ var _ streamSink = (*sink.JetStream)(nil)
 // commit; it bounds the memory held for a large source transaction.
 const publishBatch = 2048
 
+// eagerBatch is how many buffered changes a source commit publishes at
+// once, without waiting for their PubAcks: while the applier goes on
+// filling its target transaction they are acknowledged, and the wait
+// before the target commit covers only the last ones.
+const eagerBatch = 256
+
 // pubTx is one source transaction as the publisher tracks it.
 type pubTx struct {
 	xid    uint32
@@ -181,9 +187,9 @@ func streamErr(err error) error {
 
 // observe follows transaction boundaries; it is called for every event
 // the applier handles, before the applier decides anything.
-func (pub *publisher) observe(ev change.Event) {
+func (pub *publisher) observe(ctx context.Context, ev change.Event) error {
 	if pub == nil {
-		return
+		return nil
 	}
 	switch e := ev.(type) {
 	case *change.Begin:
@@ -198,12 +204,17 @@ func (pub *publisher) observe(ev change.Event) {
 			}
 		}
 	case *change.Commit:
-		if pub.tx != nil && !pub.skip {
-			pub.tx.end = e.EndLSN
-			pub.items = append(pub.items, pubItem{tx: pub.tx, end: true})
-		}
+		tx := pub.tx
 		pub.tx = nil
+		if tx != nil && !pub.skip {
+			tx.end = e.EndLSN
+			pub.items = append(pub.items, pubItem{tx: tx, end: true})
+			if pub.queued >= eagerBatch {
+				return pub.flush(ctx)
+			}
+		}
 	}
+	return nil
 }
 
 // change buffers a change the applier applies; byOID gives its table's

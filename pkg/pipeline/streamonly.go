@@ -157,7 +157,9 @@ func (l *streamLoop) run(ctx context.Context, events <-chan change.Event) error 
 }
 
 func (l *streamLoop) handle(ctx context.Context, ev change.Event) error {
-	l.pub.observe(ev)
+	if err := l.pub.observe(ctx, ev); err != nil {
+		return err
+	}
 	switch e := ev.(type) {
 	case *change.Begin:
 		l.inTx = true
