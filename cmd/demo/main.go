@@ -4,16 +4,24 @@
 // shape on the other, `tandem run` as a child process, and a writer playing
 // the application. tandem copies the history (backfill) while it streams
 // the writer's changes, which also hit historic rows. Every two seconds the
-// demo prints the row counts on both sides, the backfill's progress and the
-// replication lag from tandem's metrics endpoint.
+// demo prints the row counts on both sides, the backfill's progress or the
+// phase, and the replication lag from tandem's metrics endpoint.
+//
+// Once the history is copied and the stream has run a while, the demo
+// cuts over (tandem verify, tandem cutover), points the writer at the new
+// database, where it writes in the new schema while tandem streams its
+// changes back, then rolls back (tandem rollback) and points the writer at
+// the old database again (switch.go). The writer retries what the fences
+// refuse, as an application would.
 //
 // Ctrl-C (or TANDEM_DEMO_SECONDS) stops it in the order an operator would:
-// the writer, then (once the backfill is complete) an independent
-// comparison, `tandem verify` and `tandem status`, then tandem (SIGTERM),
-// then `tandem teardown`, then the clusters. It exits 0 after a clean stop,
-// also when its output is gone (`make demo | tee log`, whose tee the same
-// Ctrl-C ends). What a demo killed outright leaves behind is stopped and
-// removed when the next one starts (stale.go).
+// the writer (a ceremony in progress finishes first), then (once the
+// backfill is complete) an independent comparison, `tandem verify` and
+// `tandem status`, then tandem (SIGTERM), then `tandem teardown`, then the
+// clusters. It exits 0 after a clean stop, also when its output is gone
+// (`make demo | tee log`, whose tee the same Ctrl-C ends). What a demo
+// killed outright leaves behind is stopped and removed when the next one
+// starts (stale.go).
 package main
 
 import (
@@ -69,8 +77,10 @@ type demo struct {
 	tandemStarted time.Time
 	bf            backfillState
 	// runFor, from TANDEM_DEMO_SECONDS, stops the demo that long after the
-	// writer starts, so a slow first build does not eat the run.
-	runFor time.Duration
+	// writer starts, so a slow first build does not eat the run; deadline
+	// is when (zero: at Ctrl-C only).
+	runFor   time.Duration
+	deadline time.Time
 }
 
 func run() (err error) {
@@ -126,7 +136,7 @@ func run() (err error) {
 		}
 	}()
 
-	sum, err := d.start(ctx, cancel)
+	sum, err := d.start(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while starting: nothing to show
@@ -138,20 +148,27 @@ func run() (err error) {
 
 // summary collects what the final report says.
 type summary struct {
-	w          *writer
-	writerErr  error
-	stopped    bool
-	exitCode   int
-	stopTook   time.Duration
-	applied    float64
-	agree      bool
-	ordersRows int64
-	customers  int64
-	verified   bool
+	w         *writer
+	writerErr error
+	// ceremonies are the cutovers and rollbacks that completed; cutOver
+	// says the writes are on the new database when the demo stops, and
+	// switchErr is a ceremony that failed.
+	ceremonies          []ceremonyResult
+	cutOver, rolledBack bool
+	skipped             bool // no time for them (TANDEM_DEMO_SECONDS)
+	switchErr           error
+	stopped             bool
+	exitCode            int
+	stopTook            time.Duration
+	applied, back       float64
+	agree               bool
+	ordersRows          int64
+	customers           int64
+	verified            bool
 }
 
 // start brings everything up and runs until ctx ends.
-func (d *demo) start(ctx context.Context, stop context.CancelFunc) (*summary, error) {
+func (d *demo) start(ctx context.Context) (*summary, error) {
 	fmt.Println("tandem demo: two throwaway PostgreSQL clusters, an orders schema and its new shape")
 	fmt.Printf("scratch directory %s\n", d.scratch)
 
@@ -207,59 +224,136 @@ func (d *demo) start(ctx context.Context, stop context.CancelFunc) (*summary, er
 	fmt.Printf("tandem run started (pid %d), log %s\n", d.tandem.Process.Pid, d.logPath)
 	fmt.Println("backfill on: tandem copies the history in chunks while it streams every change (configs/demo.yaml)")
 
-	src, err := connect(ctx, d.old)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close(context.Background())
-	if err := d.waitStreaming(ctx, src); err != nil {
+	if err := d.waitStreaming(ctx); err != nil {
 		return nil, err
 	}
 	fmt.Println("slot streaming; the writer starts now, changing historic rows too while they are copied")
 	if d.runFor > 0 {
+		d.deadline = time.Now().Add(d.runFor)
 		fmt.Printf("running for %s (TANDEM_DEMO_SECONDS), or press Ctrl-C to stop\n", d.runFor)
-		t := time.AfterFunc(d.runFor, func() {
-			fmt.Println("\nTANDEM_DEMO_SECONDS reached: stopping")
-			stop()
-		})
-		defer t.Stop()
+		if d.runFor < backfillTakes+minSwitchWindow {
+			fmt.Printf("  probably too short for the cutover and the rollback: they need %s after the backfill, which takes about %s\n", minSwitchWindow, backfillTakes)
+		}
 	} else {
 		fmt.Println("press Ctrl-C to stop")
 	}
 
-	wconn, err := connect(ctx, d.old)
-	if err != nil {
-		return nil, err
-	}
-	defer wconn.Close(context.Background())
-	sum := &summary{w: newWriter(wconn)}
+	sum := &summary{w: newWriter(d.old, d.new)}
 	writerCtx, stopWriter := context.WithCancel(ctx)
 	defer stopWriter()
 	writerDone := make(chan error, 1)
 	go func() { writerDone <- sum.w.run(writerCtx) }()
-
-	tgt, err := connect(ctx, d.new)
-	if err != nil {
-		return nil, err
+	finish := func() (*summary, error) {
+		stopWriter()
+		if err := <-writerDone; err != nil {
+			sum.writerErr = err
+		}
+		return sum, nil
 	}
-	defer tgt.Close(context.Background())
+
+	// The fences end every application session, the status line's too:
+	// these reconnect.
+	mon := &monitor{old: &session{c: d.old}, new: &session{c: d.new}}
+	defer mon.close()
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	// The backfill is watched more often than the status line, so its
 	// duration is measured to a tenth of a second.
-	d.watchBackfill()
 	bfTick := time.NewTicker(100 * time.Millisecond)
 	defer bfTick.Stop()
+	var deadline <-chan time.Time
+	if !d.deadline.IsZero() {
+		t := time.NewTimer(time.Until(d.deadline))
+		defer t.Stop()
+		deadline = t.C
+	}
+	// next fires when the cutover or the rollback is due; nil until the
+	// backfill completes, and once both are done.
+	var plan switchPlan
+	var next <-chan time.Time
+	schedule := func(at time.Time) {
+		next = time.After(time.Until(at))
+	}
+	planned := false
+	// stopAfterRollback: TANDEM_DEMO_SECONDS came while the writes were on
+	// the new database; the rollback comes first, at its time, and the
+	// stop a little after it.
+	stopAfterRollback := false
+	backfillDone := func() {
+		if planned {
+			return
+		}
+		planned = true
+		bfTick.Stop()
+		p, ok := d.planSwitch(time.Now())
+		if !ok {
+			sum.skipped = true
+			return
+		}
+		plan = p
+		schedule(plan.cutAt)
+	}
+	if d.watchBackfill() {
+		backfillDone()
+	}
 	for {
 		select {
 		case <-bfTick.C:
 			if d.watchBackfill() {
-				bfTick.Stop()
+				backfillDone()
 			}
+		case <-next:
+			next = nil
+			wasCutOver := sum.cutOver
+			var err error
+			if wasCutOver {
+				err = d.rollback(ctx, sum)
+			} else {
+				err = d.cutover(ctx, sum)
+			}
+			// The next status line comes 2s after the ceremony, not at
+			// once for the tick that fell during it, and shows the phase
+			// the daemon has followed by then.
+			tick.Reset(2 * time.Second)
+			if err != nil {
+				sum.switchErr = err
+				fmt.Printf("%5s  %v\n", d.elapsed(), err)
+				return finish()
+			}
+			if ctx.Err() != nil {
+				return finish()
+			}
+			switch {
+			case !wasCutOver:
+				back := time.Now().Add(plan.onNew)
+				if !plan.relative && plan.backAt.After(back) {
+					back = plan.backAt
+				}
+				schedule(back)
+			case stopAfterRollback:
+				// A few seconds on the old database again, then the stop.
+				fmt.Printf("%5s  stopping in %s\n", d.elapsed(), minOnOld)
+				deadline = time.After(minOnOld)
+			}
+		case <-deadline:
+			deadline = nil
+			if sum.cutOver {
+				// The ceremonies took longer than planned. The writes go
+				// back where they started before the stop, so the run
+				// shows the whole round, and the writer gets its few
+				// seconds on the new database first.
+				fmt.Printf("%5s  TANDEM_DEMO_SECONDS reached while the writes are on the new database: the rollback comes first, then the stop\n", d.elapsed())
+				stopAfterRollback = true
+				continue
+			}
+			fmt.Println("\nTANDEM_DEMO_SECONDS reached: stopping")
+			sum.skipped = !planned
+			return finish()
 		case <-ctx.Done():
-			stopWriter()
-			sum.writerErr = <-writerDone
-			return sum, nil
+			if sum.cutOver {
+				fmt.Printf("%5s  the writes are on the new database; the stop leaves them there (teardown lifts the old database's fence)\n", d.elapsed())
+			}
+			return finish()
 		case err := <-writerDone:
 			if ctx.Err() != nil { // stopped by the same Ctrl-C
 				sum.writerErr = err
@@ -269,8 +363,10 @@ func (d *demo) start(ctx context.Context, stop context.CancelFunc) (*summary, er
 		case <-d.exited:
 			return nil, fmt.Errorf("tandem run exited on its own (%s); log tail:\n%s", d.tandem.ProcessState, tailFile(d.logPath, 15))
 		case <-tick.C:
-			d.watchBackfill()
-			d.status(ctx, src, tgt, sum.w)
+			if d.watchBackfill() {
+				backfillDone()
+			}
+			d.status(ctx, mon, sum.w)
 		}
 	}
 }
@@ -282,13 +378,13 @@ func (d *demo) stop(sum *summary) error {
 	if sum.writerErr != nil {
 		fmt.Printf("writer stopped with an error: %v\n", sum.writerErr)
 	}
-	fmt.Printf("writer stopped after %d transactions\n", sum.w.txs.Load())
+	fmt.Printf("writer stopped after %d transactions\n", sum.w.committed())
 	// Stopped early: the history is not all on the new side yet. An
 	// operator would not compare before the copy is complete either.
 	if !d.waitBackfill(ctx, 2*time.Minute) {
 		return fmt.Errorf("backfill not complete (%s); log tail:\n%s", d.bf.progress(), tailFile(d.logPath, 15))
 	}
-	fmt.Println("waiting for the new side to catch up with the stream")
+	fmt.Println("waiting for the stream to catch up, then comparing both databases")
 
 	src, err := connect(ctx, d.old)
 	if err != nil {
@@ -302,7 +398,8 @@ func (d *demo) stop(sum *summary) error {
 	defer tgt.Close(context.Background())
 	sum.agree, sum.ordersRows, sum.customers = d.waitAgree(ctx, src, tgt, 30*time.Second)
 	if m, err := scrape(d.metrics); err == nil {
-		sum.applied = m.sum("tandem_transactions_applied_total")
+		sum.applied = m.direction("forward").sum("tandem_transactions_applied_total")
+		sum.back = m.direction("reverse").sum("tandem_transactions_applied_total")
 	}
 
 	// What an operator runs before cutover: tandem's own check, separate
@@ -327,12 +424,72 @@ func (d *demo) stop(sum *summary) error {
 
 	fmt.Println()
 	fmt.Println("summary")
-	fmt.Printf("  ran %s; the writer committed %d transactions (%d rows inserted, %d updated, %d deleted)\n",
-		time.Since(d.started).Round(time.Second), sum.w.txs.Load(), sum.w.inserts.Load(), sum.w.updates.Load(), sum.w.deletes.Load())
+	d.report(sum)
+	switch {
+	case !sum.agree:
+		return errors.New("the new database does not match the old one")
+	case !sum.verified:
+		return errors.New("tandem verify did not confirm the new database")
+	case !sum.stopped || sum.exitCode != 0:
+		return fmt.Errorf("tandem did not stop cleanly (exit code %d)", sum.exitCode)
+	case sum.writerErr != nil:
+		return fmt.Errorf("writer: %w", sum.writerErr)
+	case sum.switchErr != nil:
+		return sum.switchErr
+	}
+	return nil
+}
+
+// report prints the summary's lines.
+func (d *demo) report(sum *summary) {
+	w := sum.w
+	fmt.Printf("  ran %s; the writer committed %d transactions, %d on the old database and %d on the new (%d rows inserted, %d updated, %d deleted)\n",
+		time.Since(d.started).Round(time.Second), w.committed(), w.txs[oldSide].Load(), w.txs[newSide].Load(),
+		w.inserts.Load(), w.updates.Load(), w.deletes.Load())
 	fmt.Printf("  backfill: %s\n", d.bf.report())
-	fmt.Printf("  tandem applied %.0f source transactions to the new schema: the writer's (PostgreSQL does not send those that changed nothing) and the backfill's watermarks\n", sum.applied)
+	fmt.Printf("  tandem applied %.0f source transactions old -> new and %.0f new -> old: the writer's (PostgreSQL does not send those that changed nothing), the backfill's watermarks and the ceremonies' markers\n",
+		sum.applied, sum.back)
+	outages := w.outagesSoFar()
+	for _, c := range sum.ceremonies {
+		// The writer's outage for this switch is the next one that ended
+		// on the database the ceremony handed the writes to.
+		to := map[string]side{"cutover": newSide, "rollback": oldSide}[c.verb]
+		mine := "the writer was stopped before it wrote again"
+		for i, o := range outages {
+			if o.resumed == to {
+				mine = fmt.Sprintf("the writer's own gap between commits: %s, %s refused", o.took.Round(10*time.Millisecond), plural(o.attempts, "attempt"))
+				outages = outages[i+1:]
+				break
+			}
+		}
+		fmt.Printf("  %s: writes unavailable for %s (fence to ready, as tandem %s measured it; the whole ceremony took %s); %s\n",
+			c.verb, c.unavailable, c.verb, c.took.Round(100*time.Millisecond), mine)
+	}
+	switch {
+	case sum.skipped:
+		fmt.Printf("  no cutover or rollback: TANDEM_DEMO_SECONDS left too little time after the backfill (they need %s)\n", minSwitchWindow)
+	case len(sum.ceremonies) == 0 && sum.switchErr == nil:
+		fmt.Println("  no cutover or rollback: stopped before the cutover was due")
+	}
+	if n := w.refusals(); n > 0 || len(sum.ceremonies) > 0 {
+		fmt.Printf("  writes refused during the switch: %d (%d by the old database, %d by the new); the writer reconnected and retried each, in the schema of the database it was pointed at by then\n",
+			n, w.refused[oldSide].Load(), w.refused[newSide].Load())
+	}
+	if sum.cutOver {
+		fmt.Println("  stopped while cut over: the writes were on the new database, and teardown lifted the old database's fence")
+	}
+	if sum.switchErr != nil {
+		fmt.Printf("  the switch failed: %v\n", sum.switchErr)
+	}
+	after := ""
+	switch {
+	case sum.rolledBack:
+		after = " after the round trip"
+	case sum.cutOver:
+		after = " after the cutover"
+	}
 	if sum.agree {
-		fmt.Printf("  old and new agree, history included: %d orders_v2 rows (old orders outside tenant 0, transformed) and %d customers, fingerprints equal\n", sum.ordersRows, sum.customers)
+		fmt.Printf("  old and new agree%s, history included: %d orders_v2 rows (old orders outside tenant 0, transformed) and %d customers, fingerprints equal\n", after, sum.ordersRows, sum.customers)
 	} else {
 		fmt.Println("  old and new DO NOT agree (see above)")
 	}
@@ -344,18 +501,7 @@ func (d *demo) stop(sum *summary) error {
 	if sum.stopped {
 		fmt.Printf("  tandem exited with code %d %s after SIGTERM\n", sum.exitCode, sum.stopTook.Round(time.Millisecond))
 	}
-	fmt.Println("  replication slot and publication dropped; clusters removed next")
-	switch {
-	case !sum.agree:
-		return errors.New("the new database does not match the old one")
-	case !sum.verified:
-		return errors.New("tandem verify did not confirm the new database")
-	case !sum.stopped || sum.exitCode != 0:
-		return fmt.Errorf("tandem did not stop cleanly (exit code %d)", sum.exitCode)
-	case sum.writerErr != nil:
-		return fmt.Errorf("writer: %w", sum.writerErr)
-	}
-	return nil
+	fmt.Println("  replication slots and publications dropped; clusters removed next")
 }
 
 // loadHistory fills the old database with what exists before tandem
@@ -398,9 +544,16 @@ func startCluster(ctx context.Context, dir, name, schema string) (*pgcluster.Clu
 }
 
 func connect(ctx context.Context, c *pgcluster.Cluster) (*pgx.Conn, error) {
-	conn, err := c.Connect(ctx, "postgres")
+	return connectAs(ctx, c, "demo")
+}
+
+// connectAs names the session (application_name), so pg_stat_activity and
+// the ceremonies' "application session(s) ended" tell the demo's writer
+// and monitor apart.
+func connectAs(ctx context.Context, c *pgcluster.Cluster, app string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres")+"&application_name="+app)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("connect to the %s database: %w", c.Name(), err)
 	}
 	// Both sides render timestamps alike for the fingerprints.
 	if _, err := conn.Exec(ctx, "SET TimeZone = 'UTC'"); err != nil {
@@ -529,7 +682,12 @@ func (d *demo) stopTandem() (code int, took time.Duration, clean bool) {
 
 // waitStreaming waits until tandem's walsender holds the slot: from then
 // on every commit on the old database reaches the new one.
-func (d *demo) waitStreaming(ctx context.Context, src *pgx.Conn) error {
+func (d *demo) waitStreaming(ctx context.Context) error {
+	src, err := connect(ctx, d.old)
+	if err != nil {
+		return err
+	}
+	defer src.Close(context.Background())
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		var streaming bool
@@ -558,38 +716,95 @@ type counts struct {
 	newCustomers, ordersV2        int64 // new
 }
 
-func (d *demo) counts(ctx context.Context, src, tgt *pgx.Conn) (counts, error) {
+func (m *monitor) counts(ctx context.Context) (counts, error) {
 	var c counts
-	err := src.QueryRow(ctx, `SELECT (SELECT count(*) FROM customers), count(*), count(*) FILTER (WHERE tenant_id <> 0) FROM orders`).
-		Scan(&c.customers, &c.orders, &c.ordersKept)
+	err := m.old.query(ctx, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM customers), count(*), count(*) FILTER (WHERE tenant_id <> 0) FROM orders`).
+			Scan(&c.customers, &c.orders, &c.ordersKept)
+	})
 	if err != nil {
 		return c, fmt.Errorf("count on the old database: %w", err)
 	}
-	err = tgt.QueryRow(ctx, `SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM orders_v2)`).Scan(&c.newCustomers, &c.ordersV2)
+	err = m.new.query(ctx, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM orders_v2)`).Scan(&c.newCustomers, &c.ordersV2)
+	})
 	if err != nil {
 		return c, fmt.Errorf("count on the new database: %w", err)
 	}
 	return c, nil
 }
 
-// status prints one line: rows on both sides, the backfill's progress and
-// tandem's view of its lag.
-func (d *demo) status(ctx context.Context, src, tgt *pgx.Conn, w *writer) {
+// monitor is the demo's own view of both databases, for the status line.
+type monitor struct{ old, new *session }
+
+func (m *monitor) close() {
+	m.old.close()
+	m.new.close()
+}
+
+// session is a connection that comes back after a fence ended it, as an
+// operator's psql would.
+type session struct {
+	c    *pgcluster.Cluster
+	conn *pgx.Conn
+}
+
+// query runs fn, reconnecting once if the session was ended.
+func (s *session) query(ctx context.Context, fn func(*pgx.Conn) error) error {
+	for attempt := 0; ; attempt++ {
+		if s.conn == nil || s.conn.IsClosed() {
+			conn, err := connectAs(ctx, s.c, "demo-monitor")
+			if err != nil {
+				return err
+			}
+			s.conn = conn
+		}
+		err := fn(s.conn)
+		if err == nil || attempt > 0 || !(refusedBySwitch(err) || s.conn.IsClosed()) {
+			return err
+		}
+		s.close()
+	}
+}
+
+func (s *session) close() {
+	if s.conn != nil {
+		s.conn.Close(context.Background())
+		s.conn = nil
+	}
+}
+
+// status prints one line: rows on both sides, the backfill's progress (the
+// phase once it is done), tandem's view of the lag of the direction that
+// phase streams, and where the writer writes.
+func (d *demo) status(ctx context.Context, mon *monitor, w *writer) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := d.counts(qctx, src, tgt)
+	c, err := mon.counts(qctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			fmt.Println("status:", err)
 		}
 		return
 	}
-	lag := "lag n/a"
+	stage, lag := "backfill "+d.bf.progress(), "lag n/a"
 	if m, err := scrape(d.metrics); err == nil {
-		lag = fmt.Sprintf("lag %s %.1fs", bytesText(m.sum("tandem_replication_lag_bytes")), m.sum("tandem_replication_lag_seconds"))
+		phase, dir, name := m.phase(), "forward", "lag"
+		if phase == "cutover" || phase == "rolling_back" {
+			dir, name = "reverse", "reverse lag"
+		}
+		f := m.direction(dir)
+		lag = fmt.Sprintf("%s %s %.1fs", name, bytesText(f.sum("tandem_replication_lag_bytes")), f.sum("tandem_replication_lag_seconds"))
+		if d.bf.complete() && phase != "" {
+			stage = "phase " + phase
+		}
 	}
-	fmt.Printf("%5s  old: %d customers, %d orders (%d outside tenant 0) | new: %d customers, %d orders_v2 | backfill %s | %s | %d tx written\n",
-		d.elapsed(), c.customers, c.orders, c.ordersKept, c.newCustomers, c.ordersV2, d.bf.progress(), lag, w.txs.Load())
+	writes := fmt.Sprintf("writer on %s, %d tx", w.side(), w.committed())
+	if n := w.refusals(); n > 0 {
+		writes += fmt.Sprintf(" (%d refused)", n)
+	}
+	fmt.Printf("%5s  old: %d customers, %d orders (%d outside tenant 0) | new: %d customers, %d orders_v2 | %s | %s | %s\n",
+		d.elapsed(), c.customers, c.orders, c.ordersKept, c.newCustomers, c.ordersV2, stage, lag, writes)
 }
 
 func (d *demo) elapsed() time.Duration { return time.Since(d.started).Round(time.Second) }
@@ -699,4 +914,11 @@ func tailFile(path string, lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return strings.Join(parts, "\n")
+}
+
+func plural(n int64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -41,6 +41,33 @@ func (m metrics) by(name, label string) map[string]float64 {
 	return out
 }
 
+// direction keeps the samples of one stream direction ("forward" or
+// "reverse"): tandem labels every stream metric with the direction it
+// belongs to, and both directions export the same names. Samples without
+// the label (the phase, the process's own) are kept.
+func (m metrics) direction(dir string) metrics {
+	out := metrics{}
+	for name, samples := range m {
+		for _, s := range samples {
+			if d, ok := s.labels["direction"]; !ok || d == dir {
+				out[name] = append(out[name], s)
+			}
+		}
+	}
+	return out
+}
+
+// phase is the migration's phase as tandem_phase shows it (the label
+// whose value is 1), or "" when tandem does not export it.
+func (m metrics) phase() string {
+	for _, s := range m["tandem_phase"] {
+		if s.value == 1 {
+			return s.labels["phase"]
+		}
+	}
+	return ""
+}
+
 // scrape reads tandem's metrics endpoint.
 func scrape(addr string) (metrics, error) {
 	resp, err := httpClient.Get("http://" + addr + "/metrics")
@@ -151,6 +178,8 @@ func (b *backfillState) update(m metrics) bool {
 	if b.complete() {
 		return true
 	}
+	// Only the forward stream copies history; the reverse one streams.
+	m = m.direction("forward")
 	est := m.by("tandem_backfill_estimated_rows", "table")
 	if len(est) == 0 {
 		return false // not started yet

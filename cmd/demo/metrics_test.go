@@ -46,3 +46,38 @@ tandem_replication_lag_seconds 0.25
 		t.Errorf("not complete once every table is done: %q", b.progress())
 	}
 }
+
+// Since cutover and rollback, both stream directions export the same
+// metrics, told apart by a direction label: the backfill and the lag must
+// be read from one direction, not summed over both.
+func TestMetricsByDirection(t *testing.T) {
+	text := `tandem_phase{phase="cutover"} 1
+tandem_phase{phase="forward"} 0
+tandem_replication_lag_seconds{direction="forward"} 0.5
+tandem_replication_lag_seconds{direction="reverse"} 2
+tandem_backfill_estimated_rows{direction="forward",table="public.orders -> public.orders_v2"} 100
+tandem_backfill_done{direction="forward",table="public.orders -> public.orders_v2"} 1
+tandem_backfill_estimated_rows{direction="reverse",table="public.orders_v2 -> public.orders"} 100
+tandem_backfill_done{direction="reverse",table="public.orders_v2 -> public.orders"} 0
+`
+	m, err := parseMetrics(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.phase(); got != "cutover" {
+		t.Errorf("phase = %q, want cutover", got)
+	}
+	if got := m.direction("reverse").sum("tandem_replication_lag_seconds"); got != 2 {
+		t.Errorf("reverse lag = %v, want 2", got)
+	}
+	if got := m.direction("forward").phase(); got != "cutover" {
+		t.Errorf("the phase has no direction and must survive the filter: %q", got)
+	}
+	var b backfillState
+	if !b.update(m) {
+		t.Errorf("the forward backfill is done; the reverse direction's gauges must not hold it back: %q", b.progress())
+	}
+	if metrics(nil).phase() != "" {
+		t.Error("phase of an older tandem without tandem_phase should be empty")
+	}
+}
