@@ -99,11 +99,36 @@ cutover: {max_lag: 1s}
 	if err := app.Ping(ctx); err != nil {
 		t.Fatalf("a dry run ended an application session: %v", err)
 	}
+	// A difference the gates cannot see (made after the last clean pass,
+	// behind tandem's back) is caught by the final check inside the fence:
+	// the cutover aborts itself, lifting the fence.
+	if _, err := newConn.Exec(ctx, `UPDATE customers SET email = 'tampered@example.com' WHERE id = 9`); err != nil {
+		t.Fatal(err)
+	}
+	full := writeConfig(t, env.YAML("gates", `backfill: {enabled: true}
+cutover: {max_lag: 1s, verify: full}
+`))
+	res = tandemCmd(t, "cutover", "--config", full)
+	if res.code != 1 || !strings.Contains(res.stderr, "final check found differences") || !strings.Contains(res.stderr, "the cutover was aborted") {
+		t.Fatalf("cutover over a tampered row: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	for _, step := range []string{"done fence the old database", "done lift the old database's fence"} {
+		if !strings.Contains(res.stdout, step) {
+			t.Errorf("the aborted cutover did not report %q:\n%s", step, res.stdout)
+		}
+	}
+	if got := snapshotCutover(t, env); !strings.Contains(got, `old: fenced=false`) || !strings.Contains(got, `phase="forward"`) || strings.Contains(got, "gates_rev") {
+		t.Fatalf("after the aborted cutover: %s", got)
+	}
+	if _, err := testkit.Connect(t, env.OldDSN).Exec(ctx, `INSERT INTO customers (name) VALUES ('after the abort')`); err != nil {
+		t.Fatalf("the old database must take writes after an aborted cutover: %v", err)
+	}
+
 	// Nothing to abort, nothing to roll back.
 	if res := tandemCmd(t, "cutover", "--abort", "--config", cfg); res.code != 0 || !strings.Contains(res.stdout, "nothing to abort") {
 		t.Fatalf("abort with no cutover: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
-	if res := tandemCmd(t, "rollback", "--config", cfg); res.code != 0 || !strings.Contains(res.stdout, "has not been cut over") {
+	if res := tandemCmd(t, "rollback", "--config", cfg); res.code != 0 || !strings.Contains(res.stdout, "point the applications at the old database") {
 		t.Fatalf("rollback before cutover: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
 }
