@@ -347,7 +347,9 @@ func (d *demo) start(ctx context.Context) (*summary, error) {
 				continue
 			}
 			fmt.Println("\nTANDEM_DEMO_SECONDS reached: stopping")
-			sum.skipped = !planned
+			if !planned { // the backfill ran until the end
+				sum.skipped = true
+			}
 			return finish()
 		case <-ctx.Done():
 			if sum.cutOver {
