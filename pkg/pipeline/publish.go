@@ -33,6 +33,8 @@ type streamSink interface {
 	Resume(ctx context.Context) (sink.Place, bool, error)
 	Publish(ctx context.Context, o sink.Out) error
 	Flush(ctx context.Context) (change.LSN, error)
+	Sent() uint64
+	Poll(ctx context.Context) (uint64, error)
 	Close()
 }
 

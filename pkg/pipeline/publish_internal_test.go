@@ -30,6 +30,8 @@ func (f *fakeStream) Publish(_ context.Context, o sink.Out) error {
 	return nil
 }
 func (f *fakeStream) Flush(context.Context) (change.LSN, error) { return 0, nil }
+func (f *fakeStream) Sent() uint64                              { return uint64(len(f.out)) }
+func (f *fakeStream) Poll(context.Context) (uint64, error)      { return uint64(len(f.out)), nil }
 func (f *fakeStream) Close()                                    {}
 
 // TestPublisherPlaces feeds transactions through a publisher in the old

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/sink"
@@ -79,35 +80,93 @@ func (b *projBatch) addRaw(row [][]byte) int {
 	return len(b.full) - 1
 }
 
-func (b *projBatch) run(ctx context.Context, conn *pgx.Conn) error {
-	args := make([]any, 0, len(b.cols)+2)
-	args = append(args, pgx.QueryResultFormats{pgx.TextFormatCode}, b.full)
-	for _, c := range b.cols {
-		args = append(args, c)
+// params renders the batch's arrays as text-format parameters.
+func (b *projBatch) params() [][]byte {
+	p := make([][]byte, 0, len(b.cols)+1)
+	bools := []byte{'{'}
+	for i, f := range b.full {
+		if i > 0 {
+			bools = append(bools, ',')
+		}
+		if f {
+			bools = append(bools, 't')
+		} else {
+			bools = append(bools, 'f')
+		}
 	}
-	rows, err := conn.Query(ctx, b.sql, args...)
-	if err != nil {
-		return err
+	p = append(p, append(bools, '}'))
+	for _, col := range b.cols {
+		p = append(p, arrayLiteral(col))
 	}
-	defer rows.Close()
-	b.rows = b.rows[:0]
-	for rows.Next() {
-		raw := rows.RawValues()
-		row := make([][]byte, len(raw))
-		for i, v := range raw {
-			if v != nil {
-				row[i] = bytes.Clone(v)
+	return p
+}
+
+// arrayLiteral is a text[] in PostgreSQL's array input syntax; nil is
+// NULL.
+func arrayLiteral(vals []*string) []byte {
+	out := []byte{'{'}
+	for i, v := range vals {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		if v == nil {
+			out = append(out, "NULL"...)
+			continue
+		}
+		out = append(out, '"')
+		for j := 0; j < len(*v); j++ {
+			if c := (*v)[j]; c == '"' || c == '\\' {
+				out = append(out, '\\', c)
+			} else {
+				out = append(out, c)
 			}
 		}
-		b.rows = append(b.rows, row)
+		out = append(out, '"')
 	}
-	if err := rows.Err(); err != nil {
-		return err
+	return append(out, '}')
+}
+
+// runAll evaluates every dirty batch in one round trip, reading results
+// in text format: each type's own output.
+func (pub *publisher) runAll(ctx context.Context) error {
+	batch := &pgconn.Batch{}
+	for _, m := range pub.dirty {
+		b := pub.batches[m]
+		batch.ExecParams(b.sql, b.params(), nil, nil, []int16{pgx.TextFormatCode})
 	}
-	if len(b.rows) != len(b.full) {
-		return fmt.Errorf("projection returned %d rows for %d", len(b.rows), len(b.full))
+	mrr := pub.proj.PgConn().ExecBatch(ctx, batch)
+	var first error
+	for i := 0; mrr.NextResult(); i++ {
+		rr := mrr.ResultReader()
+		if i >= len(pub.dirty) {
+			_, _ = rr.Close()
+			continue
+		}
+		m := pub.dirty[i]
+		b := pub.batches[m]
+		b.rows = b.rows[:0]
+		for rr.NextRow() {
+			raw := rr.Values()
+			row := make([][]byte, len(raw))
+			for j, v := range raw {
+				if v != nil {
+					row[j] = bytes.Clone(v)
+				}
+			}
+			b.rows = append(b.rows, row)
+		}
+		_, err := rr.Close()
+		switch {
+		case err != nil && first == nil:
+			first = fmt.Errorf("publish: evaluate the mapping of %s on the new database: %w", m.SourceName, err)
+		case err == nil && len(b.rows) != len(b.full) && first == nil:
+			first = fmt.Errorf("publish: the projection of %s returned %d rows for %d", m.SourceName, len(b.rows), len(b.full))
+		}
 	}
-	return nil
+	if err := mrr.Close(); err != nil && first == nil {
+		first = fmt.Errorf("publish: evaluate the mappings on the new database: %w", err)
+	}
+	return first
 }
 
 func (b *projBatch) reset() {
@@ -157,17 +216,12 @@ func (pub *publisher) project(ctx context.Context) error {
 			}
 		}
 	}
+	err := pub.runAll(ctx)
 	for _, m := range pub.dirty {
-		b := pub.batches[m]
-		err := b.run(ctx, pub.proj)
-		b.reset()
-		if err != nil {
-			pub.dirty = pub.dirty[:0]
-			return fmt.Errorf("publish: evaluate the mapping of %s on the new database: %w", m.SourceName, err)
-		}
+		pub.batches[m].reset()
 	}
 	pub.dirty = pub.dirty[:0]
-	return nil
+	return err
 }
 
 // passes reads the filter's verdict of a projected row.

@@ -115,7 +115,8 @@ func (p *Pipeline) ensureSlot(ctx, parent context.Context, src *pgx.Conn) (decod
 }
 
 // streamLoop publishes the decoded stream and confirms the slot behind
-// the PubAcks.
+// the PubAcks, without waiting for them: each transaction's end becomes
+// confirmable once the last message published before it is acknowledged.
 type streamLoop struct {
 	p          *Pipeline
 	pub        *publisher
@@ -125,18 +126,23 @@ type streamLoop struct {
 	configured map[string]bool
 	byOID      map[uint32][]*transform.Mapping
 	inTx       bool
-	// pending is the end of the last complete transaction not yet
-	// acknowledged; since when it waits.
-	pending change.LSN
-	since   time.Time
+	// marks are transaction ends waiting for their messages' PubAcks, in
+	// commit order.
+	marks   []txMark
 	changes int
+}
+
+// txMark is a transaction end and the stream sequence of the last message
+// published at or before it.
+type txMark struct {
+	end change.LSN
+	seq uint64
 }
 
 func (l *streamLoop) run(ctx context.Context, events <-chan change.Event) error {
 	l.byOID = map[uint32][]*transform.Mapping{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	interval := l.p.cfg.Apply.CommitInterval
 	for {
 		select {
 		case <-ctx.Done():
@@ -147,11 +153,9 @@ func (l *streamLoop) run(ctx context.Context, events <-chan change.Event) error 
 			if err := l.handle(ctx, ev); err != nil {
 				return err
 			}
-			if l.pending != 0 && !l.inTx && (len(events) == 0 || time.Since(l.since) >= interval || l.pub.queued >= publishBatch) {
-				if err := l.confirm(ctx); err != nil {
-					return err
-				}
-			}
+		}
+		if err := l.confirm(ctx); err != nil {
+			return err
 		}
 	}
 }
@@ -163,9 +167,6 @@ func (l *streamLoop) handle(ctx context.Context, ev change.Event) error {
 	switch e := ev.(type) {
 	case *change.Begin:
 		l.inTx = true
-		if l.pending == 0 {
-			l.since = time.Now()
-		}
 	case *change.Relation:
 		if l.configured[e.QualifiedName()] {
 			l.byOID[e.OID] = inMigration
@@ -177,9 +178,18 @@ func (l *streamLoop) handle(ctx context.Context, ev change.Event) error {
 		return l.pub.change(ctx, e, l.byOID)
 	case *change.Commit:
 		l.inTx = false
-		l.pending = e.EndLSN
+		// The old shape needs no query: publish the transaction now.
+		if err := l.pub.flush(ctx); err != nil {
+			return err
+		}
+		m := txMark{end: e.EndLSN, seq: l.pub.js.Sent()}
+		if n := len(l.marks); n > 0 && l.marks[n-1].seq == m.seq {
+			l.marks[n-1] = m // nothing published in between
+		} else {
+			l.marks = append(l.marks, m)
+		}
 	case change.Idle:
-		if l.pending == 0 && !l.inTx && e.WALEnd > l.dec.Flushed() {
+		if len(l.marks) == 0 && !l.inTx && e.WALEnd > l.dec.Flushed() {
 			// Nothing of ours is in flight: the slot may move past WAL
 			// that holds nothing for this migration.
 			l.settled(false)
@@ -190,14 +200,27 @@ func (l *streamLoop) handle(ctx context.Context, ev change.Event) error {
 	return nil
 }
 
-// confirm waits for every PubAck, then confirms the slot.
+// confirm takes the PubAcks that have arrived and confirms the slot to
+// the last transaction whose messages they cover.
 func (l *streamLoop) confirm(ctx context.Context) error {
-	if err := l.pub.durable(ctx); err != nil {
-		return err
+	if len(l.marks) == 0 {
+		return nil
 	}
-	lsn := l.pending
+	acked, err := l.pub.js.Poll(ctx)
+	if err != nil {
+		return streamErr(err)
+	}
+	n := 0
+	for n < len(l.marks) && l.marks[n].seq <= acked {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	lsn := l.marks[n-1].end
+	l.marks = append(l.marks[:0], l.marks[n:]...)
 	l.settled(l.changes > 0)
-	l.pending, l.changes = 0, 0
+	l.changes = 0
 	l.dec.SetFlushed(lsn)
 	l.p.markProcessed(lsn)
 	l.p.m.CheckpointLSN.Set(float64(lsn))

@@ -71,8 +71,10 @@ type JetStream struct {
 	inflight []inflight
 	head     int
 	// durable is the end LSN of the last transaction whose messages are
-	// all acknowledged.
+	// all acknowledged; acked is the stream sequence of the last message
+	// acknowledged with all before it.
 	durable change.LSN
+	acked   uint64
 }
 
 // OpenJetStream connects, finds the stream (creating it when
@@ -212,7 +214,7 @@ func (s *JetStream) Resume(ctx context.Context) (p Place, ok bool, err error) {
 	if err != nil {
 		return p, false, &StreamError{Retry: true, Err: fmt.Errorf("nats: read stream %s: %w", s.cfg.Stream, err)}
 	}
-	s.last = info.State.LastSeq
+	s.last, s.acked = info.State.LastSeq, info.State.LastSeq
 	s.inflight, s.head, s.durable = s.inflight[:0], 0, 0
 	p, ok, err = LastPlace(ctx, s.stream, info.State, s.migration)
 	if ok {
@@ -290,25 +292,61 @@ func (s *JetStream) Flush(ctx context.Context) (change.LSN, error) {
 	return s.durable, nil
 }
 
-func (s *JetStream) waitOne(ctx context.Context) error {
-	p := s.inflight[s.head]
-	// The client times the ack out itself (nats.ack_timeout); this one
-	// only guards against a future that is never resolved.
-	t := time.NewTimer(s.cfg.AckTimeout + time.Second)
-	defer t.Stop()
-	select {
-	case ack := <-p.f.Ok():
-		if ack.Sequence != p.seq {
-			return s.failed(fmt.Errorf("nats: stream %s stored a message at sequence %d where tandem expected %d: something else publishes into it; give this migration a stream of its own (nats.stream)", s.cfg.Stream, ack.Sequence, p.seq))
+// Sent is the stream sequence of the last message published.
+func (s *JetStream) Sent() uint64 { return s.last }
+
+// Poll takes the PubAcks that have arrived, without waiting, and returns
+// the stream sequence up to which every message is acknowledged.
+func (s *JetStream) Poll(ctx context.Context) (uint64, error) {
+	for s.head < len(s.inflight) {
+		took, err := s.next(ctx, false)
+		if err != nil || !took {
+			return s.acked, err
 		}
-	case err := <-p.f.Err():
-		return s.failed(publishError(s.cfg, p.f.Msg().Subject, err))
-	case <-t.C:
-		return s.failed(fmt.Errorf("nats: no PubAck from stream %s within %s (nats.ack_timeout): the server is unreachable or slow; tandem retries from its checkpoint", s.cfg.Stream, s.cfg.AckTimeout))
-	case <-ctx.Done():
-		return ctx.Err()
+	}
+	s.inflight, s.head = s.inflight[:0], 0
+	return s.acked, nil
+}
+
+func (s *JetStream) waitOne(ctx context.Context) error {
+	_, err := s.next(ctx, true)
+	return err
+}
+
+// next takes the oldest message's PubAck, waiting for it with block;
+// without, took is false when it has not arrived.
+func (s *JetStream) next(ctx context.Context, block bool) (took bool, err error) {
+	p := s.inflight[s.head]
+	var ack *jetstream.PubAck
+	if block {
+		// The client times the ack out itself (nats.ack_timeout); this
+		// one only guards against a future that is never resolved.
+		t := time.NewTimer(s.cfg.AckTimeout + time.Second)
+		defer t.Stop()
+		select {
+		case ack = <-p.f.Ok():
+		case err = <-p.f.Err():
+		case <-t.C:
+			return false, s.failed(fmt.Errorf("nats: no PubAck from stream %s within %s (nats.ack_timeout): the server is unreachable or slow; tandem retries from its checkpoint", s.cfg.Stream, s.cfg.AckTimeout))
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	} else {
+		select {
+		case ack = <-p.f.Ok():
+		case err = <-p.f.Err():
+		default:
+			return false, nil
+		}
+	}
+	if err != nil {
+		return false, s.failed(publishError(s.cfg, p.f.Msg().Subject, err))
+	}
+	if ack.Sequence != p.seq {
+		return false, s.failed(fmt.Errorf("nats: stream %s stored a message at sequence %d where tandem expected %d: something else publishes into it; give this migration a stream of its own (nats.stream)", s.cfg.Stream, ack.Sequence, p.seq))
 	}
 	s.head++
+	s.acked = p.seq
 	if p.end != 0 {
 		s.durable = p.end
 	}
@@ -320,7 +358,7 @@ func (s *JetStream) waitOne(ctx context.Context) error {
 			s.m.StreamLSN.Set(float64(p.end))
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // failed counts an error and marks it for a retry from the checkpoint:
