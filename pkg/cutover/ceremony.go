@@ -44,6 +44,9 @@ type ceremony struct {
 	old, new *pgx.Conn
 	st       lifecycle.State
 	failed   []string
+	// moves are the sequences to move, planned by the gates so the step
+	// inside the fence only applies them (nil when resuming).
+	moves []seqMove
 }
 
 // open connects to both databases, makes sure only one ceremony of this

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tandem-migrate/tandem/pkg/checkpoint"
 	"github.com/tandem-migrate/tandem/pkg/config"
 	"github.com/tandem-migrate/tandem/pkg/decoder"
@@ -83,17 +85,6 @@ func (c *ceremony) forwardGates(ctx context.Context) {
 			return fmt.Sprintf("%d table(s), %d rows", len(cfg.Tables), rows), nil
 		})
 	}
-	c.gate("lag under cutover.max_lag", func() (string, error) {
-		lsn, err := marker(ctx, c.old, cfg.Name, "lag probe")
-		if err != nil {
-			return "", err
-		}
-		took, err := waitCheckpoint(ctx, checkpoint.ForConfig(cfg, c.new), lsn, cfg.Cutover.MaxLag)
-		if err != nil {
-			return "", fmt.Errorf("a change written on the old database did not reach the new one within %s (%w): wait for the lag to drop (tandem status)", cfg.Cutover.MaxLag, err)
-		}
-		return fmt.Sprintf("a change took %s to arrive (max %s)", round(took), cfg.Cutover.MaxLag), nil
-	})
 	c.gate("last verify pass", func() (string, error) {
 		return c.divergence(ctx)
 	})
@@ -126,8 +117,29 @@ func (c *ceremony) forwardGates(ctx context.Context) {
 		if err != nil {
 			return "", err
 		}
+		// Planned here, outside the fence, and used inside it.
+		c.moves = moves
 		return fmt.Sprintf("%d to move past the old values (+%d)", len(moves), cfg.Cutover.SequenceMargin), nil
 	})
+	// Last, right before the fence: what the stream still has to apply
+	// when the fence goes up is waited for inside the window.
+	c.gate("lag under cutover.max_lag", func() (string, error) {
+		return c.lagProbe(ctx, c.old, checkpoint.ForConfig(cfg, c.new), "the old database", "the new one")
+	})
+}
+
+// lagProbe measures the lag end to end: a marker written on from must
+// reach the other side's checkpoint within cutover.max_lag.
+func (c *ceremony) lagProbe(ctx context.Context, from *pgx.Conn, to checkpoint.Store, fromName, toName string) (string, error) {
+	lsn, err := marker(ctx, from, c.cfg.Name, "lag probe")
+	if err != nil {
+		return "", err
+	}
+	took, err := waitCheckpoint(ctx, to, lsn, c.cfg.Cutover.MaxLag)
+	if err != nil {
+		return "", fmt.Errorf("a change written on %s did not reach %s within %s (%w): wait for the lag to drop (tandem status)", fromName, toName, c.cfg.Cutover.MaxLag, err)
+	}
+	return fmt.Sprintf("a change took %s to arrive (max %s)", round(took), c.cfg.Cutover.MaxLag), nil
 }
 
 // divergence judges each table's last recorded verify pass.
@@ -207,9 +219,12 @@ func (c *ceremony) cutover(ctx context.Context) error {
 		return c.stuck(err)
 	}
 	err = c.step(ctx, "sequences on the new database", func() (string, error) {
-		moves, err := c.forwardSequences(ctx)
-		if err != nil {
-			return "", err
+		moves := c.moves
+		if moves == nil { // resumed: not planned by the gates
+			var err error
+			if moves, err = c.forwardSequences(ctx); err != nil {
+				return "", err
+			}
 		}
 		lines, err := moveSequences(ctx, c.old, c.new, moves, cfg.Cutover.SequenceMargin)
 		return summary(lines), err

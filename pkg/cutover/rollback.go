@@ -48,17 +48,6 @@ func Rollback(ctx context.Context, cfg *config.Config, opt Options) error {
 		c.gate("tandem run streams back", func() (string, error) {
 			return slotActive(ctx, c, true)
 		})
-		c.gate("reverse lag under cutover.max_lag", func() (string, error) {
-			lsn, err := marker(ctx, c.new, cfg.Name, "lag probe")
-			if err != nil {
-				return "", err
-			}
-			took, err := waitCheckpoint(ctx, c.reverseStore(), lsn, cfg.Cutover.MaxLag)
-			if err != nil {
-				return "", fmt.Errorf("a change written on the new database did not reach the old one within %s (%w): wait for the reverse lag to drop", cfg.Cutover.MaxLag, err)
-			}
-			return fmt.Sprintf("a change took %s to arrive (max %s)", round(took), cfg.Cutover.MaxLag), nil
-		})
 		if cfg.Cutover.Fence == config.FenceReadOnly {
 			c.gate("fence possible", func() (string, error) {
 				if err := canFence(ctx, c.new); err != nil {
@@ -67,6 +56,18 @@ func Rollback(ctx context.Context, cfg *config.Config, opt Options) error {
 				return "the role may set default_transaction_read_only and end sessions", nil
 			})
 		}
+		c.gate("sequences found", func() (string, error) {
+			moves, err := c.reverseSequences(ctx)
+			if err != nil {
+				return "", err
+			}
+			c.moves = moves
+			return fmt.Sprintf("%d to move past the new values (+%d)", len(moves), cfg.Cutover.SequenceMargin), nil
+		})
+		// Last, right before the fence (see the cutover's).
+		c.gate("reverse lag under cutover.max_lag", func() (string, error) {
+			return c.lagProbe(ctx, c.new, c.reverseStore(), "the new database", "the old one")
+		})
 		if err := c.gatesPassed(); err != nil {
 			return err
 		}
@@ -80,6 +81,19 @@ func Rollback(ctx context.Context, cfg *config.Config, opt Options) error {
 		}
 	}
 	return c.rollback(ctx)
+}
+
+// reverseSequences plans the old sequences to move past the new ones.
+func (c *ceremony) reverseSequences(ctx context.Context) ([]seqMove, error) {
+	rev, err := pipeline.ReverseConfig(ctx, c.cfg, c.old, c.new)
+	if err != nil {
+		return nil, err
+	}
+	tables, err := pipeline.Plan(ctx, rev.Config, c.new, c.old)
+	if err != nil {
+		return nil, err
+	}
+	return planSequences(ctx, c.new, c.old, mappings(tables), pairsFor(c.cfg, false))
 }
 
 func (c *ceremony) reverseStore() checkpoint.Store {
@@ -122,17 +136,12 @@ func (c *ceremony) rollback(ctx context.Context) error {
 		return stuck(err)
 	}
 	err = c.step(ctx, "sequences on the old database", func() (string, error) {
-		rev, err := pipeline.ReverseConfig(ctx, cfg, c.old, c.new)
-		if err != nil {
-			return "", err
-		}
-		tables, err := pipeline.Plan(ctx, rev.Config, c.new, c.old)
-		if err != nil {
-			return "", err
-		}
-		moves, err := planSequences(ctx, c.new, c.old, mappings(tables), pairsFor(cfg, false))
-		if err != nil {
-			return "", err
+		moves := c.moves
+		if moves == nil { // resumed: not planned by the gates
+			var err error
+			if moves, err = c.reverseSequences(ctx); err != nil {
+				return "", err
+			}
 		}
 		lines, err := moveSequences(ctx, c.new, c.old, moves, cfg.Cutover.SequenceMargin)
 		return summary(lines), err
