@@ -289,11 +289,8 @@ func (p *Pipeline) runOnce(parent context.Context) error {
 	p.processed.Store(uint64(pos))
 	p.m.CheckpointLSN.Set(float64(pos))
 
-	decBeat := p.Health.Live.Join("decoder")
-	defer decBeat.Leave()
-	dec := decoder.New(decoder.Options{DSN: cfg.Source.DSN, Migration: cfg.Name, Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
-		StatusInterval: 2 * time.Second, ReceiveTimeout: cfg.Source.ReceiveTimeout, Beat: decBeat.Beat, Log: p.base.With("component", "decoder")})
-	p.dec.Store(dec)
+	dec, leave := p.newDecoder()
+	defer leave()
 	groupable, err := Groupable(ctx, tgt, tables)
 	if err != nil {
 		return err

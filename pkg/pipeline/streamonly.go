@@ -57,11 +57,8 @@ func (p *Pipeline) runStreamOnly(parent context.Context) error {
 	p.processed.Store(uint64(start))
 	p.m.CheckpointLSN.Set(float64(start))
 
-	decBeat := p.Health.Live.Join("decoder")
-	defer decBeat.Leave()
-	dec := decoder.New(decoder.Options{DSN: cfg.Source.DSN, Migration: cfg.Name, Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
-		StatusInterval: 2 * time.Second, ReceiveTimeout: cfg.Source.ReceiveTimeout, Beat: decBeat.Beat, Log: p.base.With("component", "decoder")})
-	p.dec.Store(dec)
+	dec, leave := p.newDecoder()
+	defer leave()
 	events := make(chan change.Event, 16384)
 	cancelSetup()
 	pubBeat := p.Health.Live.Join("publisher")
@@ -76,6 +73,17 @@ func (p *Pipeline) runStreamOnly(parent context.Context) error {
 	p.beat.Leave()
 	defer func() { p.beat = p.Health.Live.Join("pipeline") }()
 	return g.Wait()
+}
+
+// newDecoder is an attempt's decoder, its liveness beat joined until
+// leave.
+func (p *Pipeline) newDecoder() (dec *decoder.Decoder, leave func()) {
+	cfg := p.cfg
+	beat := p.Health.Live.Join("decoder")
+	dec = decoder.New(decoder.Options{DSN: cfg.Source.DSN, Migration: cfg.Name, Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
+		StatusInterval: 2 * time.Second, ReceiveTimeout: cfg.Source.ReceiveTimeout, Beat: beat.Beat, Log: p.base.With("component", "decoder")})
+	p.dec.Store(dec)
+	return dec, beat.Leave
 }
 
 // ensureSlot makes sure the publication and the slot exist, as an
