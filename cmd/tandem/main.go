@@ -207,6 +207,9 @@ func verifyCmd(cfgPath *string) *cobra.Command {
 		Use:   "verify",
 		Short: "Prove the new schema equals the transformed old data (exit 0 equal, 1 differs, 2 could not check)",
 		RunE: withConfig(cfgPath, 0, verify.ExitNotCheck, func(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+			if cfg.StreamOnly() {
+				return &exitError{code: verify.ExitNotCheck, err: errors.New("this migration publishes to NATS only (no target.dsn): there is no new database to verify; a consumer's image can be compared with the old tables (README, NATS JetStream)")}
+			}
 			log := newLogger(cfg)
 			src, err := verify.ConnectFor(ctx, cfg.Source.DSN, cfg.Name)
 			if err != nil {

@@ -240,6 +240,22 @@ tables:
 		}
 	}
 	t.Logf("%d messages, %d ledger rows, %d kills", len(msgs), wr.ledger.Load(), kills)
+	// The commands that need a new database say why there is none, and
+	// none reaches for a default server.
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"status"}, 0, "publishes to NATS only"},
+		{[]string{"verify"}, 2, "no new database to verify"},
+		{[]string{"cutover", "--dry-run"}, 1, "no new database to cut over to"},
+		{[]string{"rollback"}, 1, "no new database to cut over to"},
+	} {
+		if r := tandemCmd(t, append(c.args, "--config", cfg)...); r.code != c.code || !strings.Contains(r.stdout+r.stderr, c.want) {
+			t.Errorf("%v on a stream-only migration: exit %d, want %d with %q\n%s%s", c.args, r.code, c.code, c.want, r.stdout, r.stderr)
+		}
+	}
 	if code, _ := d.terminate(30 * time.Second); code != 0 {
 		t.Errorf("tandem run exited %d after SIGTERM, want 0", code)
 	}

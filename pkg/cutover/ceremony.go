@@ -58,6 +58,9 @@ func open(ctx context.Context, cfg *config.Config, opt Options) (*ceremony, erro
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.StreamOnly() {
+		return nil, fmt.Errorf("%s publishes to NATS only (no target.dsn): there is no new database to cut over to or roll back from", cfg.Name)
+	}
 	c := &ceremony{cfg: cfg, opt: opt}
 	var err error
 	if c.old, err = dial.Open(ctx, cfg.Source.DSN, dial.Short(cfg.Name, "cutover")); err != nil {

@@ -43,6 +43,10 @@ func NewFollower(cfg *config.Config, reverse Stream, m *Metrics, log *slog.Logge
 // Run polls the phase until ctx ends. A reverse stream that stops with a
 // fatal error stops the daemon too: rollback depends on it.
 func (f *Follower) Run(ctx context.Context) error {
+	if f.cfg.StreamOnly() {
+		// No new database: nothing to cut over to, no phase to follow.
+		return nil
+	}
 	var (
 		conn     *pgx.Conn
 		running  *run

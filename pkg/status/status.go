@@ -43,6 +43,10 @@ type Report struct {
 	LagSeconds *float64     `json:"lag_seconds,omitempty"`
 	Tables     []TableState `json:"tables"`
 	Phase      PhaseState   `json:"phase"`
+	// StreamOnly is a migration that publishes to NATS and has no new
+	// database.
+	StreamOnly bool `json:"stream_only,omitempty"`
+	current    change.LSN
 }
 
 // PhaseState is where the migration stands in its lifecycle.
@@ -83,37 +87,29 @@ func Gather(ctx context.Context, cfg *config.Config) (*Report, error) {
 		return nil, fmt.Errorf("source.dsn: cannot connect to the old database: %w", err)
 	}
 	defer src.Close(context.Background())
+	r := &Report{Migration: cfg.Name, Slot: cfg.Source.Slot, StreamOnly: cfg.StreamOnly()}
+	if r.StreamOnly {
+		// No new database: the slot's confirmed position is what the
+		// stream holds durably (tandem tail shows the messages).
+		return r, r.gatherSlot(ctx, cfg, src)
+	}
 	tgt, err := dial.Open(ctx, cfg.Target.DSN, dial.Short(cfg.Name, "status"))
 	if err != nil {
 		return nil, fmt.Errorf("target.dsn: cannot connect to the new database: %w", err)
 	}
 	defer tgt.Close(context.Background())
-
-	r := &Report{Migration: cfg.Name, Slot: cfg.Source.Slot}
-	si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
-	if err != nil {
+	if err := r.gatherSlot(ctx, cfg, src); err != nil {
 		return nil, err
 	}
-	r.SlotExists, r.SlotActive, r.RetainedBytes = si.Exists, si.Active, si.RetainedBytes
-	r.WALStatus, r.SafeWALBytes = si.WALStatus, si.SafeWALSize
-	if err := si.LostError(cfg.Source.Slot); err != nil {
-		r.SlotLost = err.Error()
-	}
-	if si.Exists {
-		r.ConfirmedLSN = si.ConfirmedFlush.String()
-	}
-	var cur change.LSN
-	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()`).Scan(&cur); err != nil {
-		return nil, fmt.Errorf("source position: %w", err)
-	}
+
 	lsn, ok, err := checkpoint.ForConfig(cfg, tgt).Load(ctx)
 	if err != nil && !checkpoint.Missing(err) {
 		return nil, err
 	}
 	if ok {
 		r.CheckpointLSN = lsn.String()
-		if cur > lsn {
-			r.LagBytes = int64(cur - lsn)
+		if r.current > lsn {
+			r.LagBytes = int64(r.current - lsn)
 		}
 	}
 	saved, err := checkpoint.LoadProgress(ctx, tgt, cfg.Name)
@@ -188,6 +184,29 @@ func (r *Report) gatherPhase(ctx context.Context, cfg *config.Config, old, new *
 	return nil
 }
 
+
+// gatherSlot reads the slot and the source position.
+func (r *Report) gatherSlot(ctx context.Context, cfg *config.Config, src *pgx.Conn) error {
+	si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
+	if err != nil {
+		return err
+	}
+	r.SlotExists, r.SlotActive, r.RetainedBytes = si.Exists, si.Active, si.RetainedBytes
+	r.WALStatus, r.SafeWALBytes = si.WALStatus, si.SafeWALSize
+	if err := si.LostError(cfg.Source.Slot); err != nil {
+		r.SlotLost = err.Error()
+	}
+	if si.Exists {
+		r.ConfirmedLSN = si.ConfirmedFlush.String()
+	}
+	var cur change.LSN
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()`).Scan(&cur); err != nil {
+		return fmt.Errorf("source position: %w", err)
+	}
+	r.current = cur
+	return nil
+}
+
 // Text writes the report for people.
 func (r *Report) Text(w io.Writer) {
 	slot := "missing (run `tandem run` to create it)"
@@ -200,6 +219,10 @@ func (r *Report) Text(w io.Writer) {
 	}
 	if r.SlotLost != "" {
 		slot = "LOST: " + r.SlotLost
+	}
+	if r.StreamOnly {
+		fmt.Fprintf(w, "migration %s publishes to NATS only (no new database)\n  slot %s: %s\n  the slot is confirmed only to what the stream holds; tandem tail shows the messages\n", r.Migration, r.Slot, slot)
+		return
 	}
 	fmt.Fprintf(w, "migration %s\n  phase %s%s\n  slot %s: %s\n", r.Migration, r.Phase.Phase, r.Phase.detail(), r.Slot, slot)
 	if r.CheckpointLSN != "" {
