@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ func (r *Runner) nextID() string {
 // been applied (or ctx ends).
 func (r *Runner) Run(ctx context.Context, jobs []*Job) error {
 	var todo []*Job
+	var sources []string
 	for _, j := range jobs {
 		r.Tracker.SetKeys(j.Mapping.SourceName, j.keyIdx)
 		r.Metrics.Estimated.WithLabelValues(j.Name()).Set(float64(max(j.Source.EstimatedRows, 0)))
@@ -113,7 +115,10 @@ func (r *Runner) Run(ctx context.Context, jobs []*Job) error {
 			continue
 		}
 		todo = append(todo, j)
+		sources = append(sources, j.Mapping.SourceName)
 	}
+	// Even with nothing to copy: it stops the logging of every table.
+	r.Tracker.watch(sources)
 	if len(todo) == 0 {
 		return nil
 	}
@@ -192,6 +197,13 @@ func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error
 	if err != nil {
 		return fmt.Errorf("backfill %s: upper bound: %w", j.Name(), err)
 	}
+	if err := r.logHeldCommits(ctx, conn, j); err != nil {
+		return fmt.Errorf("backfill %s: %w", j.Name(), err)
+	}
+	// The guard of the first read takes its epoch from this (guardParam).
+	if err := r.observe(ctx, conn); err != nil {
+		return err
+	}
 	cursor := j.Progress.Cursor
 	log.Info("copying", "from", cursor, "to", bound, "estimated_rows", j.Source.EstimatedRows, "format", j.Format())
 	stopProgress := r.logProgress(ctx, j, log)
@@ -200,14 +212,14 @@ func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error
 	// every row read reachable until the table is done.
 	var pending []chan struct{}
 	rowCap := 0
+	// While this worker waits, its connection keeps the logs pruned.
+	prune := func() error { return r.prune(ctx, conn) }
 	for {
-		if err := r.Control.waitClear(ctx, r.Cfg.ThrottleCheckInterval); err != nil {
+		if err := r.Control.waitClear(ctx, r.Cfg.ThrottleCheckInterval, prune); err != nil {
 			return err
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := takeSlot(ctx, slots, r.Cfg.ThrottleCheckInterval, prune); err != nil {
+			return err
 		}
 		limit := r.Control.Limits().ChunkRows
 		if rowCap > 0 {
@@ -241,6 +253,7 @@ func (r *Runner) copyJob(ctx context.Context, j *Job, slots chan struct{}) error
 			return err
 		}
 		if c.Final {
+			r.Tracker.unwatch(j.Mapping.SourceName)
 			break
 		}
 		cursor = c.Cursor
@@ -270,8 +283,30 @@ func (r *Runner) emit(ctx context.Context, conn *pgconn.PgConn, chunk, mark stri
 	return nil
 }
 
+// takeSlot waits for a free slot, calling idle every interval meanwhile.
+func takeSlot(ctx context.Context, slots chan struct{}, interval time.Duration, idle func() error) error {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case slots <- struct{}{}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if err := idle(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
 // readChunk runs the steps for one chunk (see the package comment):
-// registration, a short keyset read, high watermark. The rows are handed
+// registration, a short keyset read checked against the transactions
+// processed before the registration, high watermark. The rows are handed
 // to the tracker before the high watermark exists, so the applier always
 // finds them.
 func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cursor, bound []string, limit int) (*Chunk, error) {
@@ -292,17 +327,33 @@ func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cur
 	}
 	var read chunkRows
 	if bound != nil { // an empty table has no bound and nothing to read
-		rr := conn.ExecParams(ctx, j.keyedQuery(cursor != nil, true, limit), params, nil, nil, j.resultFormats())
-		for rr.NextRow() {
-			read.add(j, rr.Values())
-			if read.bytes >= maxBytes {
-				// Close discards the rest as it arrives.
-				read.full = true
-				break
+		query := j.keyedQuery(cursor != nil, true, limit)
+		for {
+			guard := guardParam(c.unseen, r.Tracker.reference())
+			got, err := readRows(ctx, conn, j, query, append(params, guard), maxBytes)
+			if err != nil {
+				return fail(fmt.Errorf("read chunk: %w", err))
 			}
-		}
-		if _, err := rr.Close(); err != nil {
-			return fail(fmt.Errorf("read chunk: %w", err))
+			r.Tracker.observe(got.snap)
+			if unseen := c.unseenBy(got.snap); len(unseen) > 0 {
+				// The read may hold rows older than changes already
+				// applied. Once a snapshot shows those transactions, any
+				// later one does, so the next read passes.
+				r.Log.Debug("chunk read before transactions the stream applied were visible; reading it again once they are",
+					"table", j.Name(), "xids", unseen, "rows_held_back", got.guarded)
+				if err := r.awaitVisible(ctx, conn, c); err != nil {
+					return fail(err)
+				}
+				continue
+			}
+			if got.guarded {
+				// The guard held the rows back though the snapshot shows
+				// every transaction: its xids took a wrong epoch (see
+				// guardParam). Nothing is left to guard against.
+				continue
+			}
+			read = got.rows
+			break
 		}
 	}
 	rows := read.rows
@@ -322,6 +373,174 @@ func (r *Runner) readChunk(ctx context.Context, conn *pgconn.PgConn, j *Job, cur
 	r.Metrics.Bytes.WithLabelValues(j.Name()).Add(float64(read.bytes))
 	// The rows belong to the tracker (and then the applier) alone.
 	return &Chunk{ID: id, Job: j, Final: final, Cursor: next, Bytes: read.bytes, rowCount: len(rows), full: read.full, released: c.released}, nil
+}
+
+// guardSQL is a condition that holds only in a snapshot that shows every
+// transaction in the xid8 array parameter $n. Evaluated once per read, it
+// keeps a read that would be thrown away (see readChunk) from fetching
+// its rows; it decides nothing about correctness, which rests on the
+// check of the snapshot the read returns.
+func guardSQL(n int) string {
+	return fmt.Sprintf("NOT EXISTS (SELECT FROM unnest($%d::xid8[]) x WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot()))", n)
+}
+
+// guardParam renders unseen as the guard's xid8 array, their epoch taken
+// from ref, the xmax of a recent snapshot (none yet: an empty array). A
+// reference so old that an xid comes out in the wrong epoch makes the
+// guard hold rows back needlessly or let stale ones through, both of
+// which readChunk handles.
+func guardParam(unseen []uint32, ref uint64) []byte {
+	b := []byte{'{'}
+	if ref != 0 {
+		for i, x := range unseen {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, widen(x, ref), 10)
+		}
+	}
+	return append(b, '}')
+}
+
+// chunkRead is what readRows returns: the rows, the snapshot they were
+// read in, and whether the guard held them back.
+type chunkRead struct {
+	rows    chunkRows
+	snap    Snapshot
+	guarded bool
+}
+
+// readRows reads a chunk in a repeatable-read transaction, with the
+// snapshot it reads in, in one round trip. The guard parameter is last in
+// params.
+func readRows(ctx context.Context, conn *pgconn.PgConn, j *Job, query string, params [][]byte, maxBytes int64) (chunkRead, error) {
+	var b pgconn.Batch
+	b.ExecParams("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", nil, nil, nil, nil)
+	b.ExecParams(snapshotQuery+", "+guardSQL(1), params[len(params)-1:], nil, nil, nil)
+	b.ExecParams(query, params, nil, nil, j.resultFormats())
+	b.ExecParams("COMMIT", nil, nil, nil, nil)
+	mrr := conn.ExecBatch(ctx, &b)
+	var read chunkRead
+	var snapText, passed string
+	for i := 0; mrr.NextResult(); i++ {
+		rr := mrr.ResultReader()
+		switch i {
+		case 1:
+			for rr.NextRow() {
+				snapText, passed = string(rr.Values()[0]), string(rr.Values()[1])
+			}
+		case 2:
+			for rr.NextRow() {
+				read.rows.add(j, rr.Values())
+				if read.rows.bytes >= maxBytes {
+					// Close discards the rest as it arrives.
+					read.rows.full = true
+					break
+				}
+			}
+		}
+		if _, err := rr.Close(); err != nil {
+			_ = mrr.Close()
+			return chunkRead{}, err
+		}
+	}
+	if err := mrr.Close(); err != nil {
+		return chunkRead{}, err
+	}
+	snap, err := ParseSnapshot(snapText)
+	if err != nil {
+		return chunkRead{}, err
+	}
+	read.snap, read.guarded = snap, passed != "t"
+	return read, nil
+}
+
+const snapshotQuery = `SELECT pg_current_snapshot()::text`
+
+func currentSnapshot(ctx context.Context, conn *pgconn.PgConn) (Snapshot, error) {
+	v, err := queryKey(ctx, conn, snapshotQuery)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("read snapshot: %w", err)
+	}
+	if len(v) != 1 {
+		return Snapshot{}, fmt.Errorf("read snapshot: %d values", len(v))
+	}
+	return ParseSnapshot(v[0])
+}
+
+// prune lets a fresh snapshot shrink the logs, when they hold anything.
+func (r *Runner) prune(ctx context.Context, conn *pgconn.PgConn) error {
+	if r.Tracker.logged() == 0 {
+		return nil
+	}
+	return r.observe(ctx, conn)
+}
+
+// observe shows the tracker a fresh snapshot.
+func (r *Runner) observe(ctx context.Context, conn *pgconn.PgConn) error {
+	snap, err := currentSnapshot(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("backfill: %w", err)
+	}
+	r.Tracker.observe(snap)
+	return nil
+}
+
+// awaitVisible polls snapshots until one shows every transaction in the
+// chunk's unseen list. They have committed, so it is a matter of
+// milliseconds, unless a synchronous standby holds their commits, in
+// which case the old database's own sessions wait as long.
+func (r *Runner) awaitVisible(ctx context.Context, conn *pgconn.PgConn, c *Chunk) error {
+	start := time.Now()
+	warned := start
+	wait := time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		snap, err := currentSnapshot(ctx, conn)
+		if err != nil {
+			return err
+		}
+		r.Tracker.observe(snap)
+		unseen := c.unseenBy(snap)
+		if len(unseen) == 0 {
+			return nil
+		}
+		if time.Since(warned) >= 10*time.Second {
+			warned = time.Now()
+			r.Log.Warn("a chunk waits for transactions the stream has applied to become visible on the old database (is a synchronous standby not answering?)",
+				"table", c.Job.Name(), "xids", unseen, "waited", time.Since(start).Round(time.Second))
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// heldCommitsQuery lists the transactions whose commit waits for a
+// synchronous standby: flushed, so possibly applied by an earlier attempt,
+// yet still invisible. It sees other roles' sessions only with
+// pg_read_all_stats (or as superuser).
+const heldCommitsQuery = `SELECT backend_xid::text FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND backend_xid IS NOT NULL`
+
+// logHeldCommits logs, for the job's table, the transactions whose
+// commits a synchronous standby holds (see the package comment).
+func (r *Runner) logHeldCommits(ctx context.Context, conn *pgconn.PgConn, j *Job) error {
+	v, err := queryKey(ctx, conn, heldCommitsQuery)
+	if err != nil {
+		return fmt.Errorf("list commits waiting for a synchronous standby: %w", err)
+	}
+	xids := make([]uint32, 0, len(v))
+	for _, s := range v {
+		x, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("list commits waiting for a synchronous standby: xid %q: %w", s, err)
+		}
+		xids = append(xids, uint32(x))
+	}
+	r.Tracker.addUnseen(j.Mapping.SourceName, xids)
+	return nil
 }
 
 // chunkRows collects a chunk read: text rows, or for a binary job the

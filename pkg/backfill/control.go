@@ -106,8 +106,9 @@ func (c *Control) Throttled() string {
 	return c.throttled
 }
 
-// waitClear blocks while paused or throttled.
-func (c *Control) waitClear(ctx context.Context, recheck time.Duration) error {
+// waitClear blocks while paused or throttled, calling idle (when not nil)
+// at every recheck.
+func (c *Control) waitClear(ctx context.Context, recheck time.Duration, idle func() error) error {
 	for {
 		c.mu.Lock()
 		blocked := c.limits.Paused || c.throttled != ""
@@ -121,6 +122,11 @@ func (c *Control) waitClear(ctx context.Context, recheck time.Duration) error {
 			return ctx.Err()
 		case <-changed:
 		case <-time.After(recheck):
+			if idle != nil {
+				if err := idle(); err != nil {
+					return err
+				}
+			}
 		}
 	}
 }

@@ -110,7 +110,8 @@ func (j *Job) Name() string { return checkpoint.MappingKey(j.Mapping.SourceName,
 // keyedQuery renders the chunk read: keyset pagination with a row-value
 // comparison, so composite keys page correctly (DBZ-5071), and an upper
 // bound fixed at the job's start so a table that is inserted into forever
-// still finishes (newer rows arrive through the stream).
+// still finishes (newer rows arrive through the stream). Its last
+// parameter is the visibility guard's xid8 array (see guardSQL).
 func (j *Job) keyedQuery(hasCursor, hasBound bool, limit int) string {
 	cols := make([]string, 0, len(j.Mapping.Source)+len(j.textSrc))
 	for _, c := range j.Mapping.Source {
@@ -139,11 +140,10 @@ func (j *Job) keyedQuery(hasCursor, hasBound bool, limit int) string {
 	}
 	if hasBound {
 		where = append(where, tuple+" <= "+params(n))
+		n += len(j.Key)
 	}
-	q := fmt.Sprintf("SELECT %s FROM %s", strings.Join(cols, ", "), j.Source.QualifiedName())
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
+	where = append(where, guardSQL(n+1))
+	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), j.Source.QualifiedName(), strings.Join(where, " AND "))
 	return fmt.Sprintf("%s ORDER BY %s LIMIT %d", q, strings.Join(keyCols, ", "), limit)
 }
 
@@ -169,23 +169,27 @@ func (t *Tracker) SetKeys(source string, idx []int) {
 }
 
 // TouchChange records every key a stream change affects in tables that
-// have a chunk registered and not yet applied.
+// have a chunk registered and not yet applied, and logs its transaction
+// for the chunks registered later.
 func (t *Tracker) TouchChange(c *change.Change) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.nopen == 0 {
+	if t.nopen == 0 && !t.logging() {
 		return
 	}
 	if c.Op == change.Truncate {
 		// Every row a chunk read before the TRUNCATE is gone.
 		for _, rel := range c.Truncated {
-			for _, ch := range t.open[rel.QualifiedName()] {
+			src := rel.QualifiedName()
+			t.logLocked(src, c.XID)
+			for _, ch := range t.open[src] {
 				ch.truncated = true
 			}
 		}
 		return
 	}
 	src := c.Rel.QualifiedName()
+	t.logLocked(src, c.XID)
 	chunks := t.open[src]
 	if len(chunks) == 0 {
 		return

@@ -6,43 +6,77 @@
 // earlier than DBLog's low watermark. For each chunk a worker:
 //  1. registers the chunk with the tracker: from then on the applier
 //     records every key the stream changes in the chunk's table,
-//  2. reads the chunk in its own short statement,
-//  3. commits a high watermark (a transactional logical decoding message)
+//  2. reads the chunk in one repeatable-read transaction and takes its
+//     snapshot (pg_current_snapshot) with it,
+//  3. checks that snapshot against the transactions the applier processed
+//     before the registration (below), re-reading until it passes,
+//  4. commits a high watermark (a transactional logical decoding message)
 //     after the read.
-//
-// Why not a low watermark: commit order in the WAL is not visibility
-// order. A transaction can write its commit record before the low
-// watermark's and still become visible only after the chunk read took its
-// snapshot; the stream delivers it before the low watermark, so a window
-// opened there misses it and the chunk's stale row wins (a deleted row
-// came back under load, seen in the kill -9 and under-writes tests). A
-// transaction the read does not see finishes its commit after the read
-// began, so the applier nearly always receives it after the registration:
-// recording from there catches it (the exception is below).
 //
 // At the high watermark the applier writes the chunk minus every row whose
 // key the stream changed since the registration. A change the read did
 // not see is thereby never overwritten: it was applied already, or comes
-// after the high watermark and is applied after the chunk. A change the
-// read did see and that the applier processed before the registration is
-// older than the chunk row, which wins. Dropping a row the read did see
-// is harmless, because the stream applied that change (or, for an update
-// that left TOASTed values out, re-read the whole row from the source).
-// So no chunk overwrites a newer change, resurrects a deleted row, or
-// loses an insert. Chunk rows are written in the same target transaction
-// as the high watermark's commit position and the chunk's cursor, so a
-// restart resumes after the last applied chunk.
+// after the high watermark and is applied after the chunk. Dropping a row
+// the read did see is harmless, because the stream applied that change
+// (or, for an update that left TOASTed values out, re-read the whole row
+// from the source).
 //
-// One case is left: a transaction whose commit the applier processed
-// before the registration but which was still not visible when the read
-// took its snapshot, milliseconds later (its backend stalled between
-// flushing its commit record and leaving the process array).
+// That leaves the changes the applier processed before the registration.
+// The chunk row must not be older than them, which holds only if the read
+// saw their transactions, and commit order is not visibility order:
+// PostgreSQL flushes a commit record (from then on the walsender may send
+// it) before it removes the transaction from the process array (from then
+// on snapshots see it). In between the backend may be descheduled, or wait
+// for a synchronous standby for as long as that takes; meanwhile the
+// stream can deliver the transaction, the applier can delete the row, and
+// a chunk registered afterwards reads the row as it was and writes it
+// back. A low watermark has the same hole (its commit can precede the
+// read's snapshot while an earlier commit is still invisible), and so
+// does any window opened by time or WAL position, however early: only the
+// snapshot knows what it shows. Hence step 3. The tracker logs, per table
+// being copied, the xid of every transaction whose changes the applier
+// processed; the registration copies the table's log into the chunk; the
+// read's snapshot must show each of those xids, otherwise the worker waits
+// until a fresh snapshot does and reads again. The registration stays, so
+// what the stream changes meanwhile is still dropped at the high
+// watermark. The stream sends a transaction only once it has committed
+// (pgoutput v1), so a snapshot shows it exactly when its xid is below the
+// snapshot's xmax and not in its running list.
 //
-// Keys on both paths are the text output of the same source columns, so
-// the stream and the snapshot canonicalise them identically.
+// So, for a key the chunk writes, every change the applier made to it
+// before the chunk came from a transaction the read saw, whose effect (or
+// a later one: writers of a row wait for each other's end, so a snapshot
+// that shows a later writer shows the earlier) is what the chunk carries,
+// and every change after the registration dropped the row. No chunk
+// overwrites a newer change, resurrects a deleted row, or loses an insert.
+//
+// The log stays small: a committed transaction that one snapshot shows is
+// shown by every snapshot taken after it, so each read (and, while a
+// worker waits, a snapshot every throttle_check_interval) prunes from
+// every table's log the xids it shows. That is safe because the prune
+// follows the pruning snapshot, and a chunk registered after the prune
+// reads in a snapshot taken later still. What is left are the
+// transactions processed since the last snapshot and those still
+// invisible; a table is logged only until its last chunk is read.
+//
+// A transaction an earlier attempt or process applied is not in the log.
+// For it to be still invisible its commit must have stayed in that window
+// for longer than a reconnect, which in practice means a synchronous
+// standby holds it: each job therefore starts by adding to its table's log
+// every transaction whose session waits in SyncRep (pg_stat_activity).
+// That is best effort: tandem's role sees other roles' wait events only
+// with pg_read_all_stats, and a COMMIT PREPARED's transaction is not its
+// session's.
+//
+// Chunk rows are written in the same target transaction as the high
+// watermark's commit position and the chunk's cursor, so a restart
+// resumes after the last applied chunk. Keys on both paths are the text
+// output of the same source columns, so the stream and the snapshot
+// canonicalise them identically.
 package backfill
 
 import (
+	"slices"
 	"sync"
 )
 
@@ -72,6 +106,10 @@ type Chunk struct {
 	touched   map[string]struct{}
 	truncated bool
 	released  chan struct{}
+	// unseen are the transactions of the table the applier processed
+	// before the registration that no snapshot of this chunk has shown
+	// yet; only the chunk's worker touches it after the registration.
+	unseen []uint32
 }
 
 // Tracker connects chunk readers with the applier, which alone decides
@@ -82,23 +120,144 @@ type Tracker struct {
 	open   map[string][]*Chunk // source table -> chunks between their watermarks
 	nopen  int
 	keys   map[string][]int // source table -> key column positions
+	// logs hold, per source table, the transactions the applier processed
+	// that no snapshot has shown yet (see the package comment). Until the
+	// runner declares its tables, every table is logged: the applier may
+	// start first.
+	logs     map[string]*xidLog
+	declared bool
+	ref      uint64 // the xmax of the latest snapshot observed
+}
+
+type xidLog struct {
+	jobs int // unfinished jobs copying the table
+	xids []uint32
 }
 
 // NewTracker returns an empty tracker.
 func NewTracker() *Tracker {
-	return &Tracker{chunks: map[string]*Chunk{}, open: map[string][]*Chunk{}}
+	return &Tracker{chunks: map[string]*Chunk{}, open: map[string][]*Chunk{}, logs: map[string]*xidLog{}}
 }
 
 // register opens a chunk's window: from now on its table's changed keys
-// are recorded for it (see the package comment for why here).
+// are recorded for it, and what was processed before is in unseen (see the
+// package comment for why both).
 func (t *Tracker) register(c *Chunk) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.released = make(chan struct{})
 	c.touched = map[string]struct{}{}
+	if l := t.logs[c.Source]; l != nil {
+		c.unseen = slices.Clone(l.xids)
+	}
 	t.chunks[c.ID] = c
 	t.open[c.Source] = append(t.open[c.Source], c)
 	t.nopen++
+}
+
+// logLocked notes that the applier processed a change of xid to source.
+func (t *Tracker) logLocked(source string, xid uint32) {
+	if xid == 0 {
+		return
+	}
+	l := t.logs[source]
+	if l == nil {
+		if t.declared {
+			return // not being copied
+		}
+		l = &xidLog{}
+		t.logs[source] = l
+	}
+	// A transaction arrives whole, so its changes to a table are adjacent.
+	if n := len(l.xids); n == 0 || l.xids[n-1] != xid {
+		l.xids = append(l.xids, xid)
+	}
+}
+
+// logging reports whether any table is logged.
+func (t *Tracker) logging() bool { return !t.declared || len(t.logs) > 0 }
+
+// watch declares the tables the runner copies: only they are logged from
+// now on, each until unwatch for every job copying it.
+func (t *Tracker) watch(sources []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	logs := map[string]*xidLog{}
+	for _, s := range sources {
+		l := logs[s]
+		if l == nil {
+			if l = t.logs[s]; l == nil {
+				l = &xidLog{}
+			}
+			l.jobs = 0
+			logs[s] = l
+		}
+		l.jobs++
+	}
+	t.logs, t.declared = logs, true
+}
+
+// unwatch is called once a job has read its last chunk.
+func (t *Tracker) unwatch(source string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l := t.logs[source]; l != nil {
+		if l.jobs--; l.jobs <= 0 {
+			delete(t.logs, source)
+		}
+	}
+}
+
+// addUnseen logs transactions of source as if the applier had processed
+// them (see the package comment: those an earlier attempt may have
+// applied).
+func (t *Tracker) addUnseen(source string, xids []uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, x := range xids {
+		t.logLocked(source, x)
+	}
+}
+
+// observe prunes from every log the transactions s shows: every snapshot
+// taken after s shows them too.
+func (t *Tracker) observe(s Snapshot) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ref = max(t.ref, s.Xmax)
+	for _, l := range t.logs {
+		l.xids = slices.DeleteFunc(l.xids, s.Visible)
+		if cap(l.xids) > 1024 && len(l.xids) < cap(l.xids)/4 {
+			// Let a burst's backing array go.
+			l.xids = slices.Clone(l.xids)
+		}
+	}
+}
+
+// reference is the xmax of the latest snapshot observed (0: none yet).
+func (t *Tracker) reference() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ref
+}
+
+// logged is how many xids the logs hold.
+func (t *Tracker) logged() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, l := range t.logs {
+		n += len(l.xids)
+	}
+	return n
+}
+
+// unseenBy keeps, of the transactions processed before the chunk's
+// registration, those s does not show, and returns them. Once it returns
+// none, no later snapshot can miss them either.
+func (c *Chunk) unseenBy(s Snapshot) []uint32 {
+	c.unseen = slices.DeleteFunc(c.unseen, s.Visible)
+	return c.unseen
 }
 
 func (t *Tracker) setRows(id string, r *chunkRows, cursor []string, final bool) {

@@ -106,7 +106,10 @@ func (r *Relation) QualifiedName() string { return r.Schema + "." + r.Name }
 
 // Change is one row change (or one TRUNCATE of several relations).
 type Change struct {
-	Op  Op
+	Op Op
+	// XID is the source transaction's (top-level) ID, as its Begin carried
+	// it; 0 where unknown. The backfill checks chunk reads against it.
+	XID uint32
 	Rel *Relation
 	// New is the new tuple (Insert, Update).
 	New []Value

@@ -46,6 +46,9 @@ type Decoder struct {
 	// heard is when the server last sent anything (UnixNano; 0: never).
 	heard atomic.Int64
 	rels  map[uint32]*change.Relation
+	// xid is the transaction being decoded (pgoutput v1 sends each one
+	// whole, between its Begin and Commit).
+	xid uint32
 }
 
 // New returns a Decoder; Run connects.
@@ -360,6 +363,7 @@ func (d *Decoder) decode(wal []byte) (change.Event, error) {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
+		d.xid = m.Xid
 		return &change.Begin{XID: m.Xid, FinalLSN: m.FinalLSN, CommitTime: m.CommitTime}, nil
 	case *pglogrepl.CommitMessage:
 		return &change.Commit{LSN: m.CommitLSN, EndLSN: m.TransactionEndLSN, CommitTime: m.CommitTime}, nil
@@ -380,13 +384,13 @@ func (d *Decoder) decode(wal []byte) (change.Event, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &change.Change{Op: change.Insert, Rel: rel, New: tuple(m.Tuple)}, nil
+		return &change.Change{Op: change.Insert, XID: d.xid, Rel: rel, New: tuple(m.Tuple)}, nil
 	case *pglogrepl.UpdateMessage:
 		rel, err := d.rel(m.RelationID)
 		if err != nil {
 			return nil, err
 		}
-		c := &change.Change{Op: change.Update, Rel: rel, New: tuple(m.NewTuple)}
+		c := &change.Change{Op: change.Update, XID: d.xid, Rel: rel, New: tuple(m.NewTuple)}
 		if m.OldTuple != nil {
 			c.Old = tuple(m.OldTuple)
 		}
@@ -396,9 +400,9 @@ func (d *Decoder) decode(wal []byte) (change.Event, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &change.Change{Op: change.Delete, Rel: rel, Old: tuple(m.OldTuple)}, nil
+		return &change.Change{Op: change.Delete, XID: d.xid, Rel: rel, Old: tuple(m.OldTuple)}, nil
 	case *pglogrepl.TruncateMessage:
-		c := &change.Change{Op: change.Truncate, Cascade: m.Option&1 != 0, RestartIdentity: m.Option&2 != 0}
+		c := &change.Change{Op: change.Truncate, XID: d.xid, Cascade: m.Option&1 != 0, RestartIdentity: m.Option&2 != 0}
 		for _, id := range m.RelationIDs {
 			rel, err := d.rel(id)
 			if err != nil {
