@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tandem-migrate/tandem/pkg/backfill"
 	"github.com/tandem-migrate/tandem/pkg/change"
 	"github.com/tandem-migrate/tandem/pkg/sink"
 )
@@ -68,14 +70,54 @@ func (a *applier) refetch(ctx context.Context, c *change.Change) error {
 	if len(where) == 0 {
 		return &FatalError{Err: fmt.Errorf("update of %s kept unchanged values for a row missing on the target, and carries no key to fetch it by", c.Rel.QualifiedName())}
 	}
-	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), pgx.Identifier{c.Rel.Schema, c.Rel.Name}.Sanitize(), strings.Join(where, " AND "))
+	// The row is read with the statement's own snapshot. The walsender can
+	// send a commit before the old database shows it to other sessions
+	// (field notes; the backfill hits the same window): reading then would
+	// return the row as it was before this very update. So the read is
+	// repeated until its snapshot shows the change's transaction.
+	q := fmt.Sprintf("SELECT s.snap, t.* FROM (SELECT pg_current_snapshot()::text AS snap) s LEFT JOIN LATERAL (SELECT true, %s FROM %s WHERE %s) t ON true",
+		strings.Join(cols, ", "), pgx.Identifier{c.Rel.Schema, c.Rel.Name}.Sanitize(), strings.Join(where, " AND "))
 	// The old database's link gets the same bound as the new one's.
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.Apply.StatementTimeout)
 	defer cancel()
+	var row []change.Value
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		var visible bool
+		var err error
+		row, visible, err = a.fetchRow(ctx, q, params, c.XID)
+		if err != nil {
+			return fmt.Errorf("fetch %s (%s) from source: %w", c.Rel.QualifiedName(), sink.RowKey(c), err)
+		}
+		if visible {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fetch %s (%s) from source: transaction %d, already streamed, is still not visible there: %w", c.Rel.QualifiedName(), sink.RowKey(c), c.XID, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+	if row == nil {
+		return nil // deleted since; its DELETE follows in the stream
+	}
+	ins := &change.Change{Op: change.Insert, Rel: c.Rel, New: row}
+	return a.onChangeMapped(ctx, ins, false)
+}
+
+// fetchRow runs a refetch query: its snapshot, then the row (nil when
+// there is none). visible says whether the snapshot shows xid (0: unknown,
+// taken as shown).
+func (a *applier) fetchRow(ctx context.Context, q string, params [][]byte, xid uint32) ([]change.Value, bool, error) {
 	rr := a.src.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
 	var row []change.Value
+	var snap string
 	for rr.NextRow() {
 		vals := rr.Values()
+		snap = string(vals[0])
+		if vals[1] == nil {
+			continue // no such row
+		}
+		vals = vals[2:]
 		row = make([]change.Value, len(vals))
 		for i, v := range vals {
 			if v == nil {
@@ -86,11 +128,14 @@ func (a *applier) refetch(ctx context.Context, c *change.Change) error {
 		}
 	}
 	if _, err := rr.Close(); err != nil {
-		return fmt.Errorf("fetch %s (%s) from source: %w", c.Rel.QualifiedName(), sink.RowKey(c), err)
+		return nil, false, err
 	}
-	if row == nil {
-		return nil // deleted since; its DELETE follows in the stream
+	if xid == 0 {
+		return row, true, nil
 	}
-	ins := &change.Change{Op: change.Insert, Rel: c.Rel, New: row}
-	return a.onChangeMapped(ctx, ins, false)
+	sn, err := backfill.ParseSnapshot(snap)
+	if err != nil {
+		return nil, false, err
+	}
+	return row, sn.Visible(xid), nil
 }
