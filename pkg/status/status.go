@@ -184,7 +184,6 @@ func (r *Report) gatherPhase(ctx context.Context, cfg *config.Config, old, new *
 	return nil
 }
 
-
 // gatherSlot reads the slot and the source position.
 func (r *Report) gatherSlot(ctx context.Context, cfg *config.Config, src *pgx.Conn) error {
 	si, err := decoder.LookupSlot(ctx, src, cfg.Source.Slot)
