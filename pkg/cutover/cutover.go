@@ -170,33 +170,10 @@ func (c *ceremony) divergence(ctx context.Context) (string, error) {
 
 func (c *ceremony) cutover(ctx context.Context) error {
 	cfg := c.cfg
-	if cfg.Cutover.Fence == config.FenceReadOnly {
-		err := c.step(ctx, "fence the old database", func() (string, error) {
-			n, err := fence(ctx, c.old, cfg.Cutover.Timeout)
-			if on, ferr := fenced(ctx, c.old); ferr == nil && on {
-				c.st.FencedOld = true
-			}
-			return fmt.Sprintf("read-only for new sessions; %d application session(s) ended", n), err
-		})
-		if err != nil {
-			return c.stuck(err)
-		}
-	}
-	err := c.step(ctx, "mark the fence in the WAL", func() (string, error) {
-		lsn, err := marker(ctx, c.old, cfg.Name, "fence")
-		c.st.FenceLSN = lsn
-		return "at " + lsn.String(), err
-	})
-	if err != nil {
+	if err := c.fenceStep(ctx, c.oldSide()); err != nil {
 		return c.stuck(err)
 	}
-	err = c.step(ctx, "new database reaches the fence", func() (string, error) {
-		took, err := waitCheckpoint(ctx, checkpoint.ForConfig(cfg, c.new), c.st.FenceLSN, cfg.Cutover.Timeout)
-		if err != nil {
-			return "", fmt.Errorf("%w: is tandem run streaming this migration?", err)
-		}
-		return fmt.Sprintf("checkpoint past %s after %s", c.st.FenceLSN, round(took)), nil
-	})
+	err := c.drainSteps(ctx, c.oldSide(), "new", checkpoint.ForConfig(cfg, c.new), "checkpoint", "is tandem run streaming this migration?")
 	if err != nil {
 		return c.stuck(err)
 	}
@@ -238,17 +215,8 @@ func (c *ceremony) cutover(ctx context.Context) error {
 	if err != nil {
 		return c.stuck(err)
 	}
-	if c.st.FencedNew {
-		err = c.step(ctx, "lift the new database's fence", func() (string, error) {
-			if err := unfence(ctx, c.new); err != nil {
-				return "", err
-			}
-			c.st.FencedNew = false
-			return "left by the last rollback", nil
-		})
-		if err != nil {
-			return c.stuck(err)
-		}
+	if err := c.liftStep(ctx, c.newSide(), "left by the last rollback"); err != nil {
+		return c.stuck(err)
 	}
 	c.st.Phase = lifecycle.CutOver
 	c.st.Unavailable = time.Since(c.st.FencedAt)
@@ -356,11 +324,8 @@ func mappings(tables []*pipeline.Table) []*transform.Mapping {
 // new database before it may take a write, so none is missed.
 func (c *ceremony) reverseSlot(ctx context.Context) (string, error) {
 	cfg := c.cfg
-	rev, err := pipeline.ReverseConfig(ctx, cfg, c.old, c.new)
-	if err != nil {
-		return "", err
-	}
-	if err := decoder.EnsurePublication(ctx, c.new, cfg.Reverse.Publication, pipeline.SourceTables(rev.Config), *cfg.Source.CreatePublication); err != nil {
+	// The gates compiled the inverse; the publication only needs names.
+	if err := decoder.EnsurePublication(ctx, c.new, cfg.Reverse.Publication, pipeline.ReverseTables(cfg), *cfg.Source.CreatePublication); err != nil {
 		return "", fmt.Errorf("reverse publication: %w", err)
 	}
 	si, err := decoder.LookupSlot(ctx, c.new, cfg.Reverse.Slot)
@@ -396,17 +361,8 @@ func (c *ceremony) deleteReverseCheckpoint(ctx context.Context) error {
 
 // abort lifts the old fence and goes back to streaming forward.
 func (c *ceremony) abort(ctx context.Context) error {
-	if c.st.FencedOld {
-		err := c.step(ctx, "lift the old database's fence", func() (string, error) {
-			if err := unfence(ctx, c.old); err != nil {
-				return "", err
-			}
-			c.st.FencedOld = false
-			return "applications may write again", nil
-		})
-		if err != nil {
-			return err
-		}
+	if err := c.liftStep(ctx, c.oldSide(), "applications may write again"); err != nil {
+		return err
 	}
 	err := c.step(ctx, "drop the reverse slot", func() (string, error) {
 		dropped, err := decoder.DropSlot(ctx, c.new, c.cfg.Reverse.Slot)

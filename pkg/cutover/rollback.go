@@ -105,33 +105,10 @@ func (c *ceremony) rollback(ctx context.Context) error {
 	stuck := func(err error) error {
 		return fmt.Errorf("%w\nthe new database stays fenced: run tandem rollback again to resume", err)
 	}
-	if cfg.Cutover.Fence == config.FenceReadOnly {
-		err := c.step(ctx, "fence the new database", func() (string, error) {
-			n, err := fence(ctx, c.new, cfg.Cutover.Timeout)
-			if on, ferr := fenced(ctx, c.new); ferr == nil && on {
-				c.st.FencedNew = true
-			}
-			return fmt.Sprintf("read-only for new sessions; %d application session(s) ended", n), err
-		})
-		if err != nil {
-			return stuck(err)
-		}
-	}
-	err := c.step(ctx, "mark the fence in the WAL", func() (string, error) {
-		lsn, err := marker(ctx, c.new, cfg.Name, "fence")
-		c.st.FenceLSN = lsn
-		return "at " + lsn.String(), err
-	})
-	if err != nil {
+	if err := c.fenceStep(ctx, c.newSide()); err != nil {
 		return stuck(err)
 	}
-	err = c.step(ctx, "old database reaches the fence", func() (string, error) {
-		took, err := waitCheckpoint(ctx, c.reverseStore(), c.st.FenceLSN, cfg.Cutover.Timeout)
-		if err != nil {
-			return "", fmt.Errorf("%w: is tandem run streaming the reverse direction?", err)
-		}
-		return fmt.Sprintf("reverse checkpoint past %s after %s", c.st.FenceLSN, round(took)), nil
-	})
+	err := c.drainSteps(ctx, c.newSide(), "old", c.reverseStore(), "reverse checkpoint", "is tandem run streaming the reverse direction?")
 	if err != nil {
 		return stuck(err)
 	}
@@ -149,17 +126,8 @@ func (c *ceremony) rollback(ctx context.Context) error {
 	if err != nil {
 		return stuck(err)
 	}
-	if c.st.FencedOld {
-		err = c.step(ctx, "lift the old database's fence", func() (string, error) {
-			if err := unfence(ctx, c.old); err != nil {
-				return "", err
-			}
-			c.st.FencedOld = false
-			return "applications may write again", nil
-		})
-		if err != nil {
-			return stuck(err)
-		}
+	if err := c.liftStep(ctx, c.oldSide(), "applications may write again"); err != nil {
+		return stuck(err)
 	}
 	c.st.Phase = lifecycle.Forward
 	c.st.Unavailable = time.Since(c.st.FencedAt)
