@@ -173,8 +173,7 @@ func SourceTables(cfg *config.Config) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, t := range cfg.Tables {
-		s, n, _ := config.SplitQualified(t.Source)
-		q := s + "." + n
+		q := config.Qualified(t.Source)
 		if !seen[q] {
 			seen[q] = true
 			out = append(out, q)

@@ -67,7 +67,7 @@ func ReverseConfig(ctx context.Context, cfg *config.Config, old, new *pgx.Conn) 
 	rev := &Reverse{Config: rc}
 	var errs []error
 	for i, tc := range cfg.Tables {
-		if tc.Reverse != nil && tc.Reverse.Skip {
+		if !carriedBack(tc) {
 			continue
 		}
 		field := fmt.Sprintf("tables[%d]", i)
@@ -97,6 +97,23 @@ func ReverseConfig(ctx context.Context, cfg *config.Config, old, new *pgx.Conn) 
 		return nil, err
 	}
 	return rev, nil
+}
+
+// carriedBack reports whether a forward mapping takes part in the reverse
+// stream (one of several new tables fed by a split old table may not).
+func carriedBack(tc config.TableConfig) bool { return tc.Reverse == nil || !tc.Reverse.Skip }
+
+// ReverseTables lists the new tables the reverse stream reads: its
+// publication's tables. Known from the config alone, so a cutover can
+// create the publication inside the fence without reading a catalog.
+func ReverseTables(cfg *config.Config) []string {
+	var out []string
+	for _, tc := range cfg.Tables {
+		if carriedBack(tc) {
+			out = append(out, config.Qualified(tc.Target))
+		}
+	}
+	return out
 }
 
 // PreflightReverse checks, writing nothing, everything the reverse stream
